@@ -1,0 +1,241 @@
+"""`CSKDTrainer`: a `Trainer` that adds the class-wise self-knowledge-distillation term."""
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from safetensors import safe_open
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import SAFE_WEIGHTS_NAME
+from transformers.utils import logging
+
+from .collator import DataCollatorForClassPairs, split_pair_inputs
+from .cskd_config import CSKDConfig
+from .losses import class_wise_kd_loss
+from .pairing import PAIR_PREFIX, ClassPairedDataset, require_map_style
+
+logger = logging.get_logger(__name__)
+
+
+class PairEpochCallback(TrainerCallback):
+    """Tell the `ClassPairedDataset` which epoch starts, so that pairs change every epoch.
+
+    Accelerate forwards `set_epoch` to the dataset only when no sampler takes it (it does not in
+    distributed runs), so the trainer does it itself, on every rank, before the epoch's
+    DataLoader workers start. On resume, `state.epoch` (e.g. 1.5) gives the interrupted epoch.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if isinstance(dataset, ClassPairedDataset):
+            dataset.set_epoch(math.floor(state.epoch or 0))
+
+
+class CSKDTrainer(Trainer):
+    """`Trainer` with Class-wise Self-Knowledge Distillation (Yun et al., CVPR 2020).
+
+    A drop-in replacement: same constructor, same data. The training set is wrapped in a
+    `ClassPairedDataset` and the collator in a `DataCollatorForClassPairs`, unless they already
+    are. Each step adds `cskd_lambda · class_wise_kd_loss(f(x), f(x'))` to the model's own loss,
+    where `x'` is another example of `x`'s class and `f(x')` comes from a second forward of the
+    same model in train mode, without gradient. Evaluation and prediction are plain `Trainer`.
+
+    `args` may be a `CSKDConfig` or plain `TrainingArguments` (then the CS-KD defaults apply).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable[..., nn.Module] | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+    ):
+        if args is None:
+            args = CSKDConfig(output_dir="trainer_output")
+        elif not isinstance(args, CSKDConfig):
+            values = {k: v for k, v in args.to_dict().items() if k in CSKDConfig.__dataclass_fields__}
+            values["hub_token"] = args.hub_token  # to_dict() masks it
+            args = CSKDConfig(**values)
+        if args.cskd_lambda > 0 and not isinstance(train_dataset, ClassPairedDataset | None):
+            require_map_style(train_dataset)  # before Trainer asks for max_steps
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        self._check_classification_head()
+        self.add_callback(PairEpochCallback)
+        if not isinstance(self.data_collator, DataCollatorForClassPairs):
+            self.data_collator = DataCollatorForClassPairs(self.data_collator)
+        # Pair now, so that bad labels fail here rather than after the first training steps.
+        self.train_dataset = self._paired(self.train_dataset)
+        self._cskd_sums: dict[str, torch.Tensor] = {}
+        self._cskd_first_step = 0
+
+    # ---- data -------------------------------------------------------------------------------
+
+    def _check_classification_head(self) -> None:
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        if config is None:
+            return
+        problem_type = getattr(config, "problem_type", None)
+        if getattr(config, "num_labels", 2) < 2 or problem_type == "regression":
+            raise ValueError(
+                "CS-KD distills class probabilities, but this model has a regression head "
+                f"(num_labels={config.num_labels}, problem_type={problem_type!r}). Build the model with "
+                "`num_labels` equal to the number of classes (>= 2)."
+            )
+        if problem_type == "multi_label_classification":
+            raise ValueError(
+                "CS-KD pairs examples of one class, but this model is set up for multi-label classification. "
+                "Use single-label targets and `problem_type='single_label_classification'`."
+            )
+
+    def _paired(self, dataset: Any) -> Any:
+        """The training set as a `ClassPairedDataset`, unless it is one already or λ is 0."""
+        if dataset is None or isinstance(dataset, ClassPairedDataset):
+            return dataset
+        if self.args.cskd_lambda == 0:
+            logger.info("cskd_lambda=0: training with the model's own loss only, without class-wise pairs.")
+            return dataset
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        return ClassPairedDataset(
+            dataset,
+            label_column=self.args.cskd_label_column,
+            num_labels=getattr(config, "num_labels", None),
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        self.train_dataset = self._paired(self.train_dataset)  # also when set after __init__
+        return super().get_train_dataloader()
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Keep `pair_*` columns when `remove_unused_columns=True` drops what the model does not take.
+        if self._signature_columns is None:
+            super()._set_signature_columns_if_needed()
+            self._signature_columns += [PAIR_PREFIX + name for name in self._signature_columns]
+
+    # ---- loss -------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        pair_inputs = split_pair_inputs(inputs)
+        if not (pair_inputs and model.training):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        pair_inputs.pop("labels", None)
+        # The official semantics: same model, train mode (BatchNorm uses the pair half's batch
+        # statistics), no gradient, so the pair's prediction is a constant target.
+        with torch.no_grad():
+            pair_outputs = model(**pair_inputs)
+        pair_logits = pair_outputs["logits"] if isinstance(pair_outputs, dict) else pair_outputs[0]
+        kd = class_wise_kd_loss(logits, pair_logits, self.args.cskd_temperature, reduction="sum")
+        kd = kd / self._kd_denominator(logits.shape[0], num_items_in_batch)
+        self._accumulate_for_logs(loss, kd, num_items_in_batch)
+        loss = loss + self.args.cskd_lambda * kd
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_is_scaled_for_ga(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """The rule `Trainer.training_step` applies to decide whether to divide the loss by GA steps."""
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def _kd_denominator(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
+        """Normalize the summed KD term exactly as `Trainer` normalizes the model's own loss.
+
+        Without `num_items_in_batch` the model's loss is a per-batch mean that `training_step`
+        divides by the gradient-accumulation steps, so the KD term is a batch mean too. With it,
+        the model divides its summed loss by the examples of the whole accumulated (and, with
+        `average_tokens_across_devices`, all-rank) batch, and `compute_loss` multiplies by the
+        number of processes; the KD term gets the same treatment.
+        """
+        if not self._loss_is_scaled_for_ga(num_items_in_batch):
+            return batch_size
+        if num_items_in_batch is None:
+            return batch_size * self.current_gradient_accumulation_steps
+        if self.args.average_tokens_across_devices:
+            scale = self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
+            return num_items_in_batch / scale
+        return num_items_in_batch
+
+    # ---- logs -------------------------------------------------------------------------------
+
+    def _accumulate_for_logs(
+        self, ce: torch.Tensor, kd: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> None:
+        """Sum both terms in the units of `Trainer`'s logged `loss`, without a device sync."""
+        if not self._cskd_sums:
+            self._cskd_first_step = self.state.global_step  # the optimizer step these sums start at
+        divisor = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else self.current_gradient_accumulation_steps
+        for name, value in (("ce_loss", ce), ("cskd_loss", kd)):
+            value = value.detach().float().mean() / divisor
+            self._cskd_sums[name] = self._cskd_sums.get(name, 0) + value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `ce_loss` and `cskd_loss` (before λ) to each training log, averaged like `loss`."""
+        if "loss" in logs and self._cskd_sums:
+            steps = max(self.state.global_step - self._cskd_first_step, 1)
+            for name, total in self._cskd_sums.items():
+                logs[name] = self.accelerator.reduce(total.detach(), reduction="mean").item() / steps
+            self._cskd_sums = {}
+        super().log(logs, start_time)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._reload_renamed_weights(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        self._reload_renamed_weights(self.model, self.state.best_model_checkpoint)
+
+    def _reload_renamed_weights(self, model: nn.Module, folder: str | None) -> None:
+        """Work around transformers 5.24 resuming with stale weights.
+
+        `save_pretrained` writes some models (ViT among them) under their legacy parameter names,
+        and `Trainer` reloads checkpoints with a non-strict `load_state_dict`, which then silently
+        skips those tensors. `from_pretrained` knows the renaming, so reload through it.
+        """
+        path = os.path.join(folder or "", SAFE_WEIGHTS_NAME)
+        if not isinstance(model, PreTrainedModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return
+        if not os.path.isfile(path):
+            return
+        with safe_open(path, framework="pt") as file:
+            if set(file.keys()) <= set(model.state_dict()):
+                return
+        logger.info(f"Reloading {path} through from_pretrained to map renamed parameters.")
+        reloaded = type(model).from_pretrained(folder, config=model.config)
+        model.load_state_dict(reloaded.state_dict())

@@ -1,0 +1,254 @@
+"""Class-wise pairs: for every training example, another example of the same class.
+
+The pair of example `i` is a pure function of `(seed, epoch, i)`: every rank of a distributed
+run computes the same pairs without communicating, a resumed run sees the pairs it would have
+seen, and pairs change from one epoch to the next.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+PAIR_PREFIX = "pair_"
+"""Pair inputs travel under the anchor's names with this prefix (`pair_pixel_values`, ...)."""
+
+DEFAULT_LABEL_COLUMNS = ("label", "labels", "label_ids")
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """A fast, well-mixed 64-bit hash (Steele et al.), so pairs need no shared RNG state."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def require_map_style(dataset: Any) -> None:
+    """Class-wise pairs need random access by index: reject streaming datasets with the fix."""
+    import datasets
+
+    if isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset)):
+        raise TypeError(
+            "CS-KD needs a map-style training set (random access by index) to find examples of the same "
+            "class; streaming/iterable datasets are not supported yet. Load the dataset without "
+            "`streaming=True`, or materialize it with `datasets.Dataset.from_generator`."
+        )
+
+
+def _column_names(dataset: Any) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    return list(names) if isinstance(names, list) else None
+
+
+def _resolve_label_column(dataset: Any, label_column: str | None) -> str:
+    names = _column_names(dataset)
+    if names is None:
+        first = dataset[0]
+        if not isinstance(first, Mapping):
+            raise TypeError(
+                f"ClassPairedDataset needs examples that are dicts (like Trainer does); example 0 is a "
+                f"{type(first).__name__}. Return a dict such as {{'pixel_values': ..., 'label': ...}} from __getitem__."
+            )
+        names = list(first.keys())
+    if label_column is not None:
+        if label_column not in names:
+            raise ValueError(
+                f"Label column {label_column!r} not found; the dataset has {names}. "
+                "Pass the name of the column that holds the class index (`label_column=...`, "
+                "or `--cskd_label_column` / `CSKDConfig(cskd_label_column=...)`)."
+            )
+        return label_column
+    for candidate in DEFAULT_LABEL_COLUMNS:
+        if candidate in names:
+            return candidate
+    raise ValueError(
+        f"No label column found: CS-KD pairs examples by class and looked for one of "
+        f"{list(DEFAULT_LABEL_COLUMNS)}, but the dataset has {names}. Rename the column holding the class "
+        "index (e.g. `dataset.rename_column('fine_label', 'label')`) or pass `cskd_label_column`."
+    )
+
+
+def _check_label_feature(dataset: Any, label_column: str) -> None:
+    """Reject string, float and multi-label columns of a `datasets.Dataset` from its schema alone."""
+    features = getattr(dataset, "features", None)
+    if not features or label_column not in features:
+        return
+    import datasets
+
+    feature = features[label_column]
+    if isinstance(feature, (datasets.Sequence, datasets.List, list)):
+        raise ValueError(
+            f"Column {label_column!r} holds a list per example (multi-label targets). CS-KD pairs examples "
+            "of one class, so it needs one integer class index per example."
+        )
+    if isinstance(feature, datasets.Value):
+        if feature.dtype in ("string", "large_string"):
+            raise ValueError(
+                f"Column {label_column!r} holds strings. Encode it as class indices first: "
+                f"`dataset = dataset.class_encode_column({label_column!r})`."
+            )
+        if feature.dtype.startswith("float"):
+            raise ValueError(
+                f"Column {label_column!r} holds floats (dtype {feature.dtype}): CS-KD needs integer class "
+                "indices, not regression or soft targets. Cast it with "
+                f"`dataset.cast_column({label_column!r}, datasets.Value('int64'))` if the values are classes."
+            )
+
+
+def read_labels(dataset: Any, label_column: str) -> np.ndarray:
+    """Read the class index of every example without decoding images or running transforms."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        # Straight from the Arrow table: a `set_transform`/`with_transform` never runs and the
+        # image column is never decoded. `select`/`shuffle` leave a lazy indices mapping.
+        column = dataset.data.column(label_column)
+        indices = getattr(dataset, "_indices", None)
+        if indices is not None:
+            column = column.take(indices.column(0))
+        return column.to_numpy(zero_copy_only=False)
+    for attribute in ("targets", "labels"):
+        values = getattr(dataset, attribute, None)
+        if values is not None and not callable(values) and len(values) == len(dataset):
+            return np.asarray(values)
+    from tqdm.auto import tqdm
+
+    logger.warning(
+        "Reading labels one example at a time (this decodes every example once). Pass `labels=` to "
+        "ClassPairedDataset, or give the dataset a `targets` attribute, to skip this."
+    )
+    return np.asarray([dataset[i][label_column] for i in tqdm(range(len(dataset)), desc="Reading labels")])
+
+
+def validate_labels(labels: np.ndarray, label_column: str, num_labels: int | None = None) -> np.ndarray:
+    """Return `labels` as int64 class indices or raise an error that says how to fix the data."""
+    if labels.ndim != 1:
+        raise ValueError(
+            f"Labels in {label_column!r} have shape {labels.shape[1:]} per example (multi-label or one-hot "
+            "targets). CS-KD needs one integer class index per example."
+        )
+    if labels.dtype.kind in "fc":
+        raise ValueError(
+            f"Labels in {label_column!r} are floats ({labels.dtype}): CS-KD needs integer class indices, not "
+            "regression or soft targets."
+        )
+    if labels.dtype.kind not in "iub":
+        raise ValueError(
+            f"Labels in {label_column!r} are of type {labels.dtype}, not integer class indices. Encode them "
+            f"first, e.g. `dataset = dataset.class_encode_column({label_column!r})`."
+        )
+    labels = labels.astype(np.int64, copy=False)
+    upper = num_labels if num_labels is not None else np.iinfo(np.int64).max
+    bad = (labels < 0) | (labels >= upper)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        allowed = f"[0, {num_labels})" if num_labels is not None else ">= 0"
+        raise ValueError(
+            f"{int(bad.sum())} label(s) in {label_column!r} fall outside {allowed} (example {first} has "
+            f"label {int(labels[first])}). Drop unlabeled examples (e.g. label -1) or build the model with "
+            "`num_labels` equal to the number of classes."
+        )
+    return labels
+
+
+class ClassIndex:
+    """Members of each class, built once in O(N log N) with numpy (well under 1 s for 1M labels)."""
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = labels
+        self.order = np.argsort(labels, kind="stable")
+        self.counts = np.bincount(labels)
+        self.starts = np.cumsum(self.counts) - self.counts
+        self.position = np.empty_like(self.order)
+        self.position[self.order] = np.arange(len(labels)) - np.repeat(self.starts, self.counts)
+
+    def pair(self, index: int, seed: int, epoch: int) -> int:
+        """A different member of `index`'s class, drawn uniformly by a hash of (seed, epoch, index)."""
+        label = self.labels[index]
+        size = int(self.counts[label])
+        if size == 1:
+            return index
+        draw = _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ epoch) ^ index)
+        offset = (int(self.position[index]) + 1 + draw % (size - 1)) % size
+        return int(self.order[self.starts[label] + offset])
+
+
+class ClassPairedDataset(Dataset):
+    """Wrap a map-style dataset so that item `i` is example `i` plus another example of its class.
+
+    The anchor keeps its keys; the pair's keys get the `pair_` prefix (`pair_pixel_values`,
+    `pair_label`, ...). `DataCollatorForClassPairs` turns a list of such items into one batch.
+
+    Args:
+        dataset: a `datasets.Dataset` (with or without `set_transform`/`with_transform`) or a torch
+            `Dataset` whose items are dicts.
+        label_column: the column holding the class index; by default the first of `label`,
+            `labels`, `label_ids` that exists.
+        labels: the class index of every example, when the dataset cannot give them cheaply.
+        num_labels: the number of classes; labels outside `[0, num_labels)` are rejected.
+        seed: with the epoch, determines every pair.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        label_column: str | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        num_labels: int | None = None,
+        seed: int = 0,
+    ):
+        require_map_style(dataset)
+        if len(dataset) == 0:
+            raise ValueError("The training dataset is empty: CS-KD needs at least two examples of some class.")
+        if labels is None:
+            self.label_column = _resolve_label_column(dataset, label_column)
+            _check_label_feature(dataset, self.label_column)
+            raw = read_labels(dataset, self.label_column)
+        else:
+            self.label_column = label_column or "labels"
+            raw = np.asarray(labels)
+            if len(raw) != len(dataset):
+                raise ValueError(f"Got {len(raw)} labels for a dataset of {len(dataset)} examples.")
+        self.index = ClassIndex(validate_labels(raw, self.label_column, num_labels))
+        if self.index.counts.max() < 2:
+            raise ValueError(
+                "No class has two examples, so no example can be paired with another of its class. CS-KD needs "
+                "several examples per class; check that the label column holds class indices, not example ids."
+            )
+        singletons = int((self.index.counts == 1).sum())
+        if singletons:
+            logger.warning(
+                f"{singletons} class(es) have a single training example; those examples are paired with "
+                "themselves (their CS-KD term is then a consistency term between two augmentations)."
+            )
+        self.dataset = dataset
+        self.seed = seed
+        # Shared memory, so that DataLoader workers (persistent ones too) see `set_epoch`.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by `Trainer`/Accelerate at the start of every epoch; pairs change with it."""
+        self._epoch.fill_(int(epoch))
+
+    def pair_index(self, index: int, epoch: int | None = None) -> int:
+        return self.index.pair(index, self.seed, self.epoch if epoch is None else epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        anchor = self.dataset[index]
+        pair = self.dataset[self.pair_index(index)]
+        return {**anchor, **{PAIR_PREFIX + key: value for key, value in pair.items()}}

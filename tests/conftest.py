@@ -1,0 +1,76 @@
+import os
+
+# Offline, before anything imports huggingface_hub (it reads these at import time).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+
+def make_vit(num_labels: int = 3, image_size: int = 8, channels: int = 1, seed: int = 0):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=4,
+        num_channels=channels,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(config)
+
+
+def make_image_dataset(num_labels: int = 3, per_class: int = 8, image_size: int = 8, channels: int = 1, seed: int = 0):
+    """Class-dependent random images (so a model can learn them), labels in class order."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_labels), per_class)
+    means = rng.normal(size=(num_labels, channels, image_size, image_size)).astype(np.float32)
+    pixels = means[labels] + 0.5 * rng.normal(size=(len(labels), channels, image_size, image_size)).astype(np.float32)
+    features = Features(
+        {
+            "pixel_values": Sequence(Sequence(Sequence(Value("float32")))),
+            "label": ClassLabel(num_classes=num_labels),
+        }
+    )
+    return Dataset.from_dict({"pixel_values": pixels, "label": labels}, features=features).with_format("torch")
+
+
+def training_args(tmp_path, **overrides):
+    from hf_cskd import CSKDConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        num_train_epochs=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return CSKDConfig(**values)
+
+
+@pytest.fixture
+def vit():
+    return make_vit()
+
+
+@pytest.fixture
+def image_dataset():
+    return make_image_dataset()
