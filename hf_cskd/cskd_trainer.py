@@ -1,5 +1,6 @@
 """`CSKDTrainer`: a `Trainer` that adds the class-wise self-knowledge-distillation term."""
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -7,15 +8,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import SAFE_WEIGHTS_NAME
 from transformers.utils import logging
 
+from .calibration import calibration_metrics
 from .collator import DataCollatorForClassPairs, split_pair_inputs
 from .cskd_config import CSKDConfig
+from .hub import hub_permission_error
 from .losses import class_wise_kd_loss
+from .model_card import build_model_card, card_hyperparameters
 from .pairing import PAIR_PREFIX, ClassPairedDataset, require_map_style
+from .temperature_scaling import bake_temperature, fit_temperature
 
 logger = logging.get_logger(__name__)
 
@@ -93,6 +99,7 @@ class CSKDTrainer(Trainer):
         self.train_dataset = self._paired(self.train_dataset)
         self._cskd_sums: dict[str, torch.Tensor] = {}
         self._cskd_first_step = 0
+        self.calibration: dict[str, Any] | None = None  # set by `calibrate()`
 
     # ---- data -------------------------------------------------------------------------------
 
@@ -239,3 +246,121 @@ class CSKDTrainer(Trainer):
         logger.info(f"Reloading {path} through from_pretrained to map renamed parameters.")
         reloaded = type(model).from_pretrained(folder, config=model.config)
         model.load_state_dict(reloaded.state_dict())
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save as `Trainer` does, but the training arguments as JSON instead of a pickle."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        pickled = os.path.join(output_dir, "training_args.bin")
+        if os.path.isfile(pickled):
+            os.remove(pickled)
+        with open(os.path.join(output_dir, "training_args.json"), "w") as file:
+            file.write(self.args.to_json_string())  # tokens are masked by to_dict()
+        if self.calibration is not None:
+            with open(os.path.join(output_dir, "calibration.json"), "w") as file:
+                json.dump(self.calibration, file, indent=2)
+
+    # ---- calibration and model card -----------------------------------------------------------
+
+    def calibrate(self, eval_dataset: Any = None, split_name: str = "validation") -> float:
+        """Fit a temperature on held-out data (never the test split) and bake it into the head.
+
+        The model's logits become `logits / T`: same predictions, calibrated probabilities, for
+        any later `evaluate`, `save_model`, `push_to_hub` or plain `from_pretrained`. Returns T.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ValueError(
+                "calibrate() changes the classification head in place, which sharded (FSDP/DeepSpeed) models do not "
+                "allow. Save the model, then calibrate the saved checkpoint in a single process."
+            )
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("calibrate() needs held-out data: pass `eval_dataset` or give the trainer one.")
+        prediction = self.predict(dataset, metric_key_prefix="calibration")
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        temperature = fit_temperature(logits, prediction.label_ids)
+        batch = self._prepare_inputs(next(iter(self.get_eval_dataloader(dataset))))
+        example_inputs = {k: v for k, v in batch.items() if k not in self.label_names and k != "labels"}
+        bake_temperature(self.accelerator.unwrap_model(self.model), temperature, example_inputs)
+        self.calibration = {
+            "temperature": temperature,
+            "split": split_name,
+            "before": calibration_metrics(logits, prediction.label_ids),
+            "after": calibration_metrics(logits / temperature, prediction.label_ids),
+        }
+        logger.info(f"Temperature scaling: T = {temperature:.4f} (fitted on {split_name}).")
+        return temperature
+
+    def _latest_eval_metrics(self) -> dict[str, float]:
+        for log in reversed(self.state.log_history):
+            if "eval_accuracy" in log and "eval_nll" in log:
+                return {k[len("eval_") :]: v for k, v in log.items() if k.startswith("eval_")}
+        return {}
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        results: dict[str, dict[str, float]] | None = None,
+        eval_split: str = "validation",
+        reliability_diagram: str | None = None,
+        num_bins: int | None = None,
+    ) -> None:
+        """Write the CS-KD model card (`README.md`) to `output_dir`, as `push_to_hub` expects.
+
+        `results` maps a row label to metrics (accuracy, ece, nll, ...); by default the latest
+        evaluation with calibration metrics. Extra arguments of `push_to_hub` arrive here.
+        """
+        if not self.is_world_process_zero():
+            return
+        config = self.accelerator.unwrap_model(self.model).config
+        if finetuned_from is None:
+            name = getattr(config, "_name_or_path", "") or ""
+            finetuned_from = name if name and not os.path.isdir(name) else None
+        if results is None:
+            latest = self._latest_eval_metrics()
+            results = {"CS-KD" if self.args.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}
+        dataset_id = dataset[0] if isinstance(dataset, list) else dataset
+        card = build_model_card(
+            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            results=results,
+            dataset_name=dataset_id or "the training data",
+            dataset_id=dataset_id,
+            eval_split=eval_split,
+            cskd_temperature=self.args.cskd_temperature,
+            cskd_lambda=self.args.cskd_lambda,
+            num_labels=config.num_labels,
+            hyperparameters=card_hyperparameters(self.args),
+            base_model=finetuned_from,
+            calibration_temperature=(self.calibration or {}).get("temperature"),
+            calibration_split=(self.calibration or {}).get("split", "validation"),
+            reliability_diagram=reliability_diagram,
+            num_bins=num_bins,
+            repo_id=self.hub_model_id or model_name,
+            license=license,
+            language=language,
+            tags=[tags] if isinstance(tags, str) else tags,
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    # ---- Hub -----------------------------------------------------------------------------------
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except HfHubHTTPError as error:
+            raise hub_permission_error(error, self.args.hub_model_id or self.args.output_dir) from error
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs) -> Any:
+        """`Trainer.push_to_hub` with the CS-KD card; 401/403 become errors that say what to do."""
+        try:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        except HfHubHTTPError as error:
+            raise hub_permission_error(error, self.hub_model_id or self.args.hub_model_id or "") from error

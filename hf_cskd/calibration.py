@@ -1,0 +1,135 @@
+"""Calibration metrics from logits and labels: ECE, MCE, NLL, Brier, accuracy, reliability bins.
+
+Everything is computed in float64 from log-softmax, so very large logits (over-confident
+models) give finite NLL. Inputs may be numpy arrays, torch tensors or lists.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_NUM_BINS = 15
+
+
+def _as_numpy(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(logits, "detach"):
+        logits = logits.detach().float().cpu().numpy()
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"Expected logits (N, num_labels) and labels (N,); got {logits.shape} and {labels.shape}.")
+    if labels.size == 0:
+        raise ValueError("Calibration metrics need at least one example.")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"Labels must lie in [0, {logits.shape[1]}); got values in [{labels.min()}, {labels.max()}].")
+    return logits, labels
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, np.ndarray]:
+    """Per-bin data of a reliability diagram over equal-width confidence bins (lo, hi].
+
+    Returns the bin edges, the number of examples, their mean confidence and their accuracy per
+    bin (confidence and accuracy are NaN for empty bins).
+    """
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+    logits, labels = _as_numpy(logits, labels)
+    probs = np.exp(log_softmax(logits))
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    bin_ids = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    counts = np.bincount(bin_ids, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(bin_ids, weights=confidence, minlength=num_bins) / counts
+        accuracy = np.bincount(bin_ids, weights=correct, minlength=num_bins) / counts
+    return {
+        "edges": np.linspace(0.0, 1.0, num_bins + 1),
+        "counts": counts,
+        "confidence": mean_confidence,
+        "accuracy": accuracy,
+    }
+
+
+def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, float]:
+    """Top-1 accuracy, ECE and MCE (equal-width bins), NLL and the multi-class Brier score.
+
+    ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|; MCE = max over non-empty bins of the gap.
+    Brier = mean over examples of Σ_k (p_k − 1[k = y])² (range [0, 2]).
+    """
+    logits, labels = _as_numpy(logits, labels)
+    log_probs = log_softmax(logits)
+    probs = np.exp(log_probs)
+    bins = reliability_bins(logits, labels, num_bins)
+    filled = bins["counts"] > 0
+    gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    one_hot = np.eye(logits.shape[1])[labels]
+    return {
+        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+        "ece": float((bins["counts"][filled] / labels.size * gaps).sum()),
+        "mce": float(gaps.max()),
+        "nll": float(-log_probs[np.arange(labels.size), labels].mean()),
+        "brier": float(((probs - one_hot) ** 2).sum(axis=1).mean()),
+    }
+
+
+def make_compute_metrics(num_bins: int = DEFAULT_NUM_BINS) -> Callable[[Any], dict[str, float]]:
+    """A `compute_metrics` for `Trainer` reporting accuracy, ECE, MCE, NLL and Brier."""
+
+    def compute_metrics(eval_prediction: Any) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return calibration_metrics(logits, eval_prediction.label_ids, num_bins)
+
+    return compute_metrics
+
+
+compute_metrics = make_compute_metrics()
+
+
+def plot_reliability_diagram(
+    logits: Any, labels: Any, path: str | Path, num_bins: int = DEFAULT_NUM_BINS, title: str = "Reliability diagram"
+) -> Path:
+    """Save a PNG: accuracy per confidence bin against the diagonal, above a confidence histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = reliability_bins(logits, labels, num_bins)
+    metrics = calibration_metrics(logits, labels, num_bins)
+    edges, width = bins["edges"][:-1], 1.0 / num_bins
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
+    )
+    accuracy = np.nan_to_num(bins["accuracy"])
+    confidence = np.where(bins["counts"] > 0, bins["confidence"], edges + width / 2)
+    top.bar(edges, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(
+        edges, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="tab:red", alpha=0.3,
+        hatch="//", label="gap",
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.set_title(f"{title}\nECE {100 * metrics['ece']:.2f}%  accuracy {100 * metrics['accuracy']:.2f}%")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(edges, bins["counts"] / bins["counts"].sum(), width=width, align="edge", edgecolor="black")
+    bottom.set(xlabel="confidence", ylabel="fraction")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def evaluate_module_path() -> str:
+    """Path of the bundled `evaluate` module: `evaluate.load(evaluate_module_path())` works offline."""
+    return str(Path(__file__).parent / "metrics" / "calibration")

@@ -1,0 +1,301 @@
+#!/usr/bin/env python
+"""Fine-tune an image classifier with CS-KD, then calibrate it and write a ready-to-publish checkpoint.
+
+    accelerate launch recipes/train_vit.py                       # offline default: ViT on digits
+    accelerate launch recipes/train_vit.py --cskd_lambda 0       # the cross-entropy baseline
+    accelerate launch recipes/train_vit.py --model_name_or_path google/vit-base-patch16-224-in21k \\
+        --dataset_name beans --output_dir outputs/vit-beans --learning_rate 5e-5 --calibrate
+
+Every `TrainingArguments` flag works, plus `--cskd_temperature` / `--cskd_lambda`; a single
+`.json` or `.yaml` file of the same arguments works too. With no dataset flag the job trains on
+the embedded handwritten digits (`recipes/data/digits`, real images from scikit-learn, BSD-3);
+with no model flag it trains a small ViT from scratch.
+"""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import transformers
+import yaml
+from datasets import ClassLabel, DatasetDict, load_dataset
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
+
+from hf_cskd import CSKDConfig, CSKDTrainer
+from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
+from hf_cskd.image_transforms import eval_transform, train_transform
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_DATA = Path(__file__).parent / "data" / "digits"
+
+# Used whenever the flag is not given.
+ALWAYS_DEFAULTS = {
+    "output_dir": "outputs/train_vit",
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "remove_unused_columns": False,  # the transforms need the image column
+    "report_to": "none",
+}
+# Training a small ViT from scratch (no --model_name_or_path): the from-scratch regime needs a
+# larger learning rate and more epochs than fine-tuning.
+SCRATCH_MODEL_DEFAULTS = {
+    "learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "num_train_epochs": 40,
+    "warmup_steps": 0.1,
+    "lr_scheduler_type": "cosine",
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256,
+}
+# The embedded digits: 8x8 images, so crops keep most of the digit, and no flips (a mirrored
+# 2 is not a 2).
+EMBEDDED_DATA_DEFAULTS = {"crop_scale_min": 0.5, "horizontal_flip": False}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local folder of a checkpoint to fine-tune. Default: a small ViT from scratch."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads."})
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Replace a classification head whose size differs from the dataset's number of classes."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (or local dataset folder). Default: the embedded digits."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "An imagefolder of training images (class/img)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder of validation images."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train carved out (stratified) when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the validation and test sets (debugging)."}
+    )
+    crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest area fraction of the random crops."})
+    horizontal_flip: bool = field(default=True, metadata={"help": "Randomly flip training images horizontally."})
+    calibrate: bool = field(
+        default=False,
+        metadata={"help": "Fit a temperature on the validation split and bake it into the checkpoint's head."},
+    )
+    num_bins: int = field(default=15, metadata={"help": "Confidence bins of ECE/MCE and the reliability diagram."})
+    baseline_metrics: str | None = field(
+        default=None,
+        metadata={"help": "test_results.json of a baseline run (e.g. --cskd_lambda 0), shown in the model card."},
+    )
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, CSKDConfig]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, CSKDConfig))
+    from_file = len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
+    if from_file:
+        given = yaml.safe_load(Path(argv[0]).read_text()) or {}  # YAML is a superset of JSON
+    else:
+        given = {arg[2:].split("=")[0]: None for arg in argv if arg.startswith("--")}
+    defaults = dict(ALWAYS_DEFAULTS)
+    if "model_name_or_path" not in given:
+        defaults.update(SCRATCH_MODEL_DEFAULTS)
+    if not {"dataset_name", "train_dir"} & set(given):
+        defaults.update(EMBEDDED_DATA_DEFAULTS)
+    if from_file:
+        return parser.parse_dict({**defaults, **given})
+    parser.set_defaults(**defaults)
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
+    """train / validation / (test) splits from the Hub, an imagefolder or the embedded digits."""
+    if data_args.dataset_name is not None:
+        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+    elif data_args.train_dir is not None:
+        files = {"train": os.path.join(data_args.train_dir, "**")}
+        if data_args.validation_dir is not None:
+            files["validation"] = os.path.join(data_args.validation_dir, "**")
+        raw = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir)
+    else:
+        files = {split: str(EMBEDDED_DATA / f"{split}.parquet") for split in ("train", "test")}
+        raw = load_dataset("parquet", data_files=files)
+    if not isinstance(raw, DatasetDict) or "train" not in raw:
+        found = list(raw) if isinstance(raw, DatasetDict) else type(raw).__name__
+        raise ValueError(f"The dataset has no 'train' split (found {found}). Name the training split 'train'.")
+
+    columns = raw["train"].column_names
+    for flag, column in (
+        ("--image_column_name", data_args.image_column_name),
+        ("--label_column_name", data_args.label_column_name),
+    ):
+        if column not in columns:
+            raise ValueError(f"Column {column!r} not found in the dataset; it has {columns}. Pass {flag} <column>.")
+    label_feature = raw["train"].features[data_args.label_column_name]
+    if not isinstance(label_feature, ClassLabel):
+        raw = raw.class_encode_column(data_args.label_column_name)
+
+    if "validation" not in raw:
+        split = raw["train"].train_test_split(
+            test_size=data_args.train_val_split, seed=seed, stratify_by_column=data_args.label_column_name
+        )
+        raw["train"], raw["validation"] = split["train"], split["test"]
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(raw["train"]))))
+    if data_args.max_eval_samples is not None:
+        for name in ("validation", "test"):
+            if name in raw:
+                raw[name] = raw[name].select(range(min(data_args.max_eval_samples, len(raw[name]))))
+    return raw
+
+
+def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    if model_args.model_name_or_path is None:
+        config = ViTConfig(
+            image_size=16, patch_size=4, num_channels=3, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=192, hidden_dropout_prob=0.1, num_labels=len(labels), id2label=id2label,
+            label2id=label2id,
+        )  # fmt: skip
+        processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        return ViTForImageClassification(config), processor
+
+    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    base = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
+    has_head = bool(getattr(base, "architectures", None)) and any("ForImageClassification" in a for a in base.architectures)
+    if has_head and base.num_labels != len(labels) and not model_args.ignore_mismatched_sizes:
+        raise ValueError(
+            f"{model_args.model_name_or_path} has a classification head for {base.num_labels} classes but the "
+            f"dataset has {len(labels)}. Pass --ignore_mismatched_sizes to replace the head with a new one."
+        )
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id=label2id,
+        finetuning_task="image-classification",
+        **common,
+    )
+    model = AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **common,
+    )
+    # The PIL backend: the default torchvision backend is not a dependency of this project.
+    processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, backend="pil", **common)
+    return model, processor
+
+
+def method_name(training_args: CSKDConfig) -> str:
+    if training_args.cskd_lambda > 0:
+        return "CS-KD"
+    if training_args.label_smoothing_factor > 0:
+        return f"label smoothing {training_args.label_smoothing_factor}"
+    return "cross-entropy"
+
+
+def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    log_level = training_args.get_process_log_level()
+    for library in (datasets, transformers):
+        library.utils.logging.set_verbosity(log_level)
+    logger.setLevel(log_level)
+    transformers.set_seed(training_args.seed)
+
+    with training_args.main_process_first(desc="loading the dataset"):
+        raw = load_splits(data_args, model_args, training_args.seed)
+    labels = raw["train"].features[data_args.label_column_name].names
+    model, processor = build_model_and_processor(model_args, labels)
+
+    columns = (data_args.image_column_name, data_args.label_column_name)
+    train = raw["train"].with_transform(
+        train_transform(processor, *columns, scale=(data_args.crop_scale_min, 1.0), horizontal_flip=data_args.horizontal_flip)
+    )
+    validation = raw["validation"].with_transform(eval_transform(processor, *columns))
+    test = raw["test"].with_transform(eval_transform(processor, *columns)) if "test" in raw else None
+
+    trainer = CSKDTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(data_args.num_bins),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    # Report on the test split when there is one; the validation split serves for calibration.
+    report_split, report_data = ("test", test) if test is not None else ("validation", validation)
+    if report_split == "validation" and data_args.calibrate:
+        logger.warning("No test split: metrics after temperature scaling are measured on the split it was fitted on.")
+    method = method_name(training_args)
+    prediction = trainer.predict(report_data, metric_key_prefix=report_split)
+    results = {method: strip_prefix(prediction.metrics, report_split)}
+    final, final_logits = prediction.metrics, prediction.predictions
+    if data_args.calibrate:
+        temperature = trainer.calibrate(validation, split_name="validation")
+        prediction = trainer.predict(report_data, metric_key_prefix=report_split)
+        results[f"{method} + temperature scaling (T = {temperature:.3f})"] = strip_prefix(prediction.metrics, report_split)
+        final = {**prediction.metrics, "temperature": temperature}
+        final_logits = prediction.predictions
+    if data_args.baseline_metrics is not None:
+        baseline = json.loads(Path(data_args.baseline_metrics).read_text())
+        prefix = next(p for p in ("test", "validation", "eval") if f"{p}_accuracy" in baseline)
+        results["baseline (" + baseline.get("method", "cross-entropy") + ")"] = strip_prefix(baseline, prefix)
+    final["method"] = method
+    trainer.log_metrics(report_split, final)
+    trainer.save_metrics(report_split, final)
+    trainer.save_model()  # after calibration: the saved head carries the temperature
+
+    card = {
+        "results": results,
+        "eval_split": report_split,
+        "reliability_diagram": "reliability_diagram.png",
+        "num_bins": data_args.num_bins,
+        "dataset": data_args.dataset_name,
+    }
+    if trainer.is_world_process_zero():
+        title = f"{method}{' + temperature scaling' if data_args.calibrate else ''} ({report_split})"
+        plot_reliability_diagram(
+            final_logits, prediction.label_ids, Path(training_args.output_dir) / card["reliability_diagram"],
+            data_args.num_bins, title,
+        )  # fmt: skip
+        trainer.create_model_card(**card)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    return final
+
+
+if __name__ == "__main__":
+    main()
