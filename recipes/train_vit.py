@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import numpy as np
+import torch
 import transformers
 import yaml
 from datasets import ClassLabel, DatasetDict, load_dataset
@@ -50,6 +50,10 @@ ALWAYS_DEFAULTS = {
     "logging_steps": 10,
     "remove_unused_columns": False,  # the transforms need the image column
     "report_to": "none",
+    # On a machine without an accelerator, multi-process runs (torchrun, accelerate launch) need
+    # use_cpu=True to form a gloo process group; without it each process trains alone.
+    "use_cpu": not torch.accelerator.is_available(),
+    "dataloader_pin_memory": torch.accelerator.is_available(),
 }
 # Training a small ViT from scratch (no --model_name_or_path): the from-scratch regime needs a
 # larger learning rate and more epochs than fine-tuning.
@@ -221,7 +225,7 @@ def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> CSKDTrainer:
     model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.create_model_card(**card)
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
-    return final
+    return trainer
 
 
 if __name__ == "__main__":

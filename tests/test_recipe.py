@@ -1,0 +1,176 @@
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+
+import hf_cskd.cskd_trainer
+from hf_cskd.calibration import calibration_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import train_vit  # noqa: E402
+
+FAST = ["--max_steps", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples", "64"]
+
+
+def run(tmp_path, *flags):
+    return train_vit.main([*FAST, "--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path):
+    trainer = run(tmp_path, "--calibrate")
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "reliability_diagram.png",
+                 "test_results.json", "calibration.json", "training_args.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickles
+    results = json.loads((out / "test_results.json").read_text())
+    assert {"test_accuracy", "test_ece", "test_nll", "temperature"} <= set(results)
+
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert model.config.id2label[3] == "3" and model.config.calibration_temperature == pytest.approx(
+        results["temperature"]
+    )
+    images = [Image.fromarray(np.uint8(np.random.default_rng(i).integers(0, 255, (8, 8)))) for i in range(4)]
+    inputs = processor([im.convert("RGB") for im in images], return_tensors="pt")
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, trained(**inputs).logits)
+
+
+def test_two_processes(tmp_path):
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    env = {**os.environ, "PROBE_DIR": str(probe_dir), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        str(ROOT / "tests" / "scripts" / "ddp_probe.py"), *FAST, "--output_dir", str(tmp_path / "out"),
+        "--ddp_find_unused_parameters", "false",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "rank 0: world_size=2 is_main=True" in done.stdout
+    assert "rank 1: world_size=2 is_main=False" in done.stdout
+    records = {r: [json.loads(line) for line in open(probe_dir / f"rank{r}.jsonl")] for r in (0, 1)}
+    anchors = {r: {rec[1] for rec in recs} for r, recs in records.items()}
+    assert len(records[0]) >= 4 * 16 and len(records[1]) >= 4 * 16
+    assert not anchors[0] & anchors[1]  # each rank trains on its own shard
+    for recs in records.values():
+        assert all(anchor_label == pair_label for _, _, _, anchor_label, pair_label in recs)
+        assert all(anchor != pair for _, anchor, pair, _, _ in recs)
+    out = tmp_path / "out"
+    card = (out / "README.md").read_text()
+    assert "| world_size | 2 |" in card
+    assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 10
+
+
+def test_bf16_on_cpu_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
+    seen = []
+    original = hf_cskd.cskd_trainer.class_wise_kd_loss
+
+    def spy(logits, target_logits, *args, **kwargs):
+        loss = original(logits, target_logits, *args, **kwargs)
+        seen.append((logits.dtype, loss.dtype))
+        return loss
+
+    forwards = []
+    original_forward = ViTForImageClassification.forward
+
+    @functools.wraps(original_forward)  # keeps the signature Trainer inspects for label names
+    def forward_spy(self, *args, **kwargs):
+        forwards.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(hf_cskd.cskd_trainer, "class_wise_kd_loss", spy)
+    monkeypatch.setattr(ViTForImageClassification, "forward", forward_spy)
+    trainer = run(tmp_path, "--bf16", "--use_cpu", "--logging_steps", "1")
+    assert seen and all(out == torch.float32 for _, out in seen)
+    assert forwards and all(forwards)  # anchor and pair forwards really ran under bf16 autocast
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 4 and all(np.isfinite([log["loss"], log["ce_loss"], log["cskd_loss"]]).all() for log in logs)
+
+
+def write_imagefolder(root: Path, classes: list[str], per_class: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(60 + 120 * k, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_imagefolder_with_class_names(tmp_path):
+    train_dir = write_imagefolder(tmp_path / "train", ["cat", "dog"])
+    trainer = run(tmp_path, "--train_dir", str(train_dir), "--train_val_split", "0.25")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog"}
+    assert trainer.args.horizontal_flip if hasattr(trainer.args, "horizontal_flip") else True
+
+
+@pytest.fixture
+def local_checkpoint(tmp_path):
+    """A 'Hub' checkpoint saved to a local folder: a ViT with a 5-class head and its image processor."""
+    from transformers import ViTImageProcessorPil
+
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=5)  # fmt: skip
+    folder = tmp_path / "checkpoint"
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.4] * 3, image_std=[0.2] * 3).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_pretrained_checkpoint_path(tmp_path, local_checkpoint):
+    train_dir = write_imagefolder(tmp_path / "train", ["ant", "bee", "cow"])
+    flags = ["--model_name_or_path", str(local_checkpoint), "--train_dir", str(train_dir), "--train_val_split", "0.34"]
+    with pytest.raises(ValueError, match="head for 5 classes but the dataset has 3.*--ignore_mismatched_sizes"):
+        run(tmp_path, *flags)
+    trainer = run(tmp_path, *flags, "--ignore_mismatched_sizes")
+    assert trainer.model.config.id2label == {0: "ant", 1: "bee", 2: "cow"}
+    assert trainer.model.classifier.out_features == 3
+    assert trainer.args.learning_rate == 5e-5  # fine-tuning keeps the TrainingArguments default
+    assert list(AutoImageProcessor.from_pretrained(tmp_path / "out").image_mean) == [0.4] * 3
+
+
+def test_wrong_input_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="Column 'img' not found.*--image_column_name"):
+        run(tmp_path, "--image_column_name", "img")
+    with pytest.raises(ValueError, match="Column 'target' not found.*--label_column_name"):
+        run(tmp_path, "--label_column_name", "target")
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * 2, "label": [0, 1]}).to_parquet(only_test / "test.parquet")
+    with pytest.raises(ValueError, match="no 'train' split"):
+        run(tmp_path, "--dataset_name", str(only_test))
+
+
+def test_json_and_yaml_argument_files(tmp_path):
+    arguments = {"max_steps": 2, "output_dir": str(tmp_path / "out"), "cskd_lambda": 0.5, "disable_tqdm": True}
+    (tmp_path / "args.json").write_text(json.dumps(arguments))
+    model_args, data_args, training_args = train_vit.parse_arguments([str(tmp_path / "args.json")])
+    assert training_args.cskd_lambda == 0.5 and training_args.learning_rate == 1e-3  # from-scratch defaults
+    assert data_args.horizontal_flip is False and model_args.model_name_or_path is None
+    (tmp_path / "args.yaml").write_text("max_steps: 2\ndataset_name: beans\nlearning_rate: 0.01\n")
+    _, data_args, training_args = train_vit.parse_arguments([str(tmp_path / "args.yaml")])
+    assert training_args.learning_rate == 0.01 and data_args.horizontal_flip is True
+
+
+def test_metrics_on_the_report_split_match_calibration_functions(tmp_path):
+    trainer = run(tmp_path)
+    prediction = trainer.predict(trainer.eval_dataset)
+    expected = calibration_metrics(prediction.predictions, prediction.label_ids)
+    for name, value in expected.items():
+        assert prediction.metrics[f"test_{name}"] == pytest.approx(value, rel=1e-6)
