@@ -248,7 +248,21 @@ class ClassPairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        anchor = self.dataset[index]
-        pair = self.dataset[self.pair_index(index)]
+    @staticmethod
+    def _merge(anchor: Mapping[str, Any], pair: Mapping[str, Any]) -> dict[str, Any]:
         return {**anchor, **{PAIR_PREFIX + key: value for key, value in pair.items()}}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._merge(self.dataset[index], self.dataset[self.pair_index(index)])
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A whole batch in one call of the wrapped dataset's `__getitems__` (as DataLoader does).
+
+        A `datasets.Dataset` then runs its batched transform once over anchors and pairs
+        together, instead of once per example.
+        """
+        pairs = [self.pair_index(index) for index in indices]
+        fetch = getattr(self.dataset, "__getitems__", None)
+        everything = list(indices) + pairs
+        examples = fetch(everything) if fetch is not None else [self.dataset[i] for i in everything]
+        return [self._merge(a, p) for a, p in zip(examples[: len(indices)], examples[len(indices) :])]

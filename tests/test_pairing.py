@@ -136,3 +136,11 @@ def test_collator_pads_anchors_and_pairs_separately():
     assert batch["input_ids"].shape == (2, 1)
     assert batch["pair_input_ids"].shape == (2, 5)
     assert batch["pair_attention_mask"].sum().item() == 5 + 2
+
+
+def test_batched_fetch_equals_item_by_item():
+    labels = np.repeat(np.arange(3), 5)
+    paired = ClassPairedDataset(labelled(labels))
+    paired.set_epoch(2)
+    indices = [3, 0, 14, 7]
+    assert paired.__getitems__(indices) == [paired[i] for i in indices]

@@ -115,7 +115,7 @@ def test_imagefolder_with_class_names(tmp_path):
     trainer = run(tmp_path, "--train_dir", str(train_dir), "--train_val_split", "0.25")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"] == {"0": "cat", "1": "dog"}
-    assert trainer.args.horizontal_flip if hasattr(trainer.args, "horizontal_flip") else True
+    assert trainer.model.config.label2id == {"cat": 0, "dog": 1}
 
 
 @pytest.fixture
@@ -174,3 +174,17 @@ def test_metrics_on_the_report_split_match_calibration_functions(tmp_path):
     expected = calibration_metrics(prediction.predictions, prediction.label_ids)
     for name, value in expected.items():
         assert prediction.metrics[f"test_{name}"] == pytest.approx(value, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, precision",
+    [("cpu", "NO", "no"), ("multi_gpu_fp16", "MULTI_GPU", "fp16"), ("multi_gpu_bf16", "MULTI_GPU", "bf16"),
+     ("fsdp", "FSDP", "bf16"), ("deepspeed_zero2", "DEEPSPEED", "bf16")],
+)  # fmt: skip
+def test_accelerate_configs_load(name, distributed_type, precision):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml"))
+    assert str(config.distributed_type).endswith(distributed_type) and config.mixed_precision == precision
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # save_model writes safetensors

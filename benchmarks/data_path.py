@@ -1,0 +1,60 @@
+"""Examples per second through the paired data path vs the unpaired one (target: <= 2.2x per anchor).
+
+Real decoding work: the embedded digits (PNG) with the recipe's training transform (decode,
+random resized crop, normalize). The paired path loads each anchor and its pair, so about 2x the
+decoding is expected; anything above that is overhead of the wrapper or the collator.
+
+    python benchmarks/data_path.py [--repeats 5] [--num_workers 0]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from datasets import load_dataset
+from torch.utils.data import DataLoader
+from transformers import ViTImageProcessorPil, default_data_collator
+
+from hf_cskd import ClassPairedDataset, DataCollatorForClassPairs
+from hf_cskd.image_transforms import train_transform
+
+DIGITS = Path(__file__).resolve().parents[1] / "recipes" / "data" / "digits" / "train.parquet"
+
+
+def epoch_seconds(dataset, collator, workers: int) -> float:
+    loader = DataLoader(dataset, batch_size=64, shuffle=True, collate_fn=collator, num_workers=workers)
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num_workers", type=int, default=0)
+    args = parser.parse_args()
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    data = load_dataset("parquet", data_files=str(DIGITS), split="train")
+    data = data.with_transform(train_transform(processor, scale=(0.5, 1.0), horizontal_flip=False))
+    paired = ClassPairedDataset(data)
+    runs = {"unpaired": [], "paired": []}
+    for _ in range(args.repeats):  # interleaved
+        runs["unpaired"].append(epoch_seconds(data, default_data_collator, args.num_workers))
+        runs["paired"].append(epoch_seconds(paired, DataCollatorForClassPairs(), args.num_workers))
+    median = {name: statistics.median(times) for name, times in runs.items()}
+    ratio = median["paired"] / median["unpaired"]
+    print(f"{len(data)} anchors per epoch, batch 64, {args.num_workers} workers, median of {args.repeats} epochs")
+    for name in runs:
+        print(f"  {name:8s} {median[name]:.3f}s/epoch  {len(data) / median[name]:8.0f} anchors/s")
+    print(f"  paired / unpaired time per anchor = {ratio:.3f} (target <= 2.2: {'met' if ratio <= 2.2 else 'MISSED'})")
+    print("JSON " + json.dumps({"benchmark": "data_path", "anchors": len(data), "workers": args.num_workers,
+                                **{f"{k}_s": round(v, 4) for k, v in median.items()}, "ratio": round(ratio, 3)}))  # fmt: skip
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
