@@ -63,14 +63,29 @@ def random_resized_crop(
     return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
+def random_crop_with_padding(
+    image: torch.Tensor, size: tuple[int, int], padding: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pad by `padding` pixels, then crop `size` at a random place (the CIFAR augmentation)."""
+    padded = F.pad(image, (padding, padding, padding, padding))
+    top = int(torch.randint(0, padded.shape[1] - size[0] + 1, (1,), generator=generator))
+    left = int(torch.randint(0, padded.shape[2] - size[1] + 1, (1,), generator=generator))
+    return padded[:, top : top + size[0], left : left + size[1]]
+
+
 def train_transform(
     processor: Any,
     image_column: str = "image",
     label_column: str = "label",
     scale: tuple[float, float] = (0.08, 1.0),
     horizontal_flip: bool = True,
+    crop_padding: int | None = None,
 ) -> Callable[[dict[str, list]], dict[str, list]]:
-    """A batched `with_transform` for training: random resized crop, flip, then the processor's normalization."""
+    """A batched `with_transform` for training: random crop, flip, then the processor's normalization.
+
+    The crop is a random resized crop with area fraction in `scale`, or, with `crop_padding`, a
+    random crop of the (resized) image zero-padded by that many pixels.
+    """
     size = processor_image_size(processor)
     mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
@@ -78,7 +93,13 @@ def train_transform(
     def transform(batch: dict[str, list]) -> dict[str, list]:
         pixel_values = []
         for image in batch[image_column]:
-            tensor = random_resized_crop(to_tensor(image), size, scale)
+            tensor = to_tensor(image)
+            if crop_padding is None:
+                tensor = random_resized_crop(tensor, size, scale)
+            else:
+                if tuple(tensor.shape[1:]) != size:
+                    tensor = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True)[0]
+                tensor = random_crop_with_padding(tensor, size, crop_padding)
             if horizontal_flip and torch.rand(1).item() < 0.5:
                 tensor = tensor.flip(-1)
             pixel_values.append((tensor - mean) / std)

@@ -93,7 +93,8 @@ def run(job: dict) -> dict:
         )  # fmt: skip
         trainer = CSKDTrainer(
             model=model, args=args, train_dataset=ShiftedDigits(train_x[train_idx], train_y[train_idx], shift=True),
-            optimizer_cls_and_kwargs=(torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+            # Trainer passes these kwargs as they are (no lr from args): name the learning rate here.
+            optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
         )  # fmt: skip
         start = time.perf_counter()
         trainer.train()

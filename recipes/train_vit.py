@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
         library.utils.logging.set_verbosity(log_level)
     logger.setLevel(log_level)
     transformers.set_seed(training_args.seed)
+    if training_args.cskd_label_column is None:  # pair by the column the data arguments name
+        training_args.cskd_label_column = data_args.label_column_name
 
     with training_args.main_process_first(desc="loading the dataset"):
         raw = load_splits(data_args, model_args, training_args.seed)

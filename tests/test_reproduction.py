@@ -1,0 +1,63 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Image
+from PIL import Image as PILImage
+from transformers import AutoConfig, AutoModelForImageClassification
+
+from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import reproduce_cifar100  # noqa: E402
+
+
+def test_cifar_resnet18_is_the_papers_architecture_and_round_trips(tmp_path):
+    model = CifarResNetForImageClassification(CifarResNetConfig(num_labels=100)).eval()
+    assert sum(p.numel() for p in model.parameters()) == 11_220_132  # ResNet-18 for CIFAR-100
+    stem = model.stem[0]
+    assert (stem.kernel_size, stem.stride) == ((3, 3), (1, 1))
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "cifar_resnet"
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is CifarResNetForImageClassification
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded(pixel_values=x).logits, model(pixel_values=x).logits)
+
+
+@pytest.fixture
+def cifar_stand_in(tmp_path):
+    """A local folder shaped like uoft-cs/cifar100: train/test parquet, `img` and `fine_label` columns."""
+    rng = np.random.default_rng(0)
+    features = Features({"img": Image(), "fine_label": ClassLabel(names=[f"class_{i}" for i in range(100)])})
+    folder = tmp_path / "cifar100"
+    folder.mkdir()
+    for split, size in (("train", 200), ("test", 40)):
+        images = [PILImage.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(size)]
+        Dataset.from_dict({"img": images, "fine_label": [i % 100 for i in range(size)]}, features=features).to_parquet(
+            folder / f"{split}.parquet"
+        )
+    return folder
+
+
+def test_reproduction_recipe_on_a_local_stand_in(tmp_path, cifar_stand_in):
+    trainer = reproduce_cifar100.main([
+        "--dataset_name", str(cifar_stand_in), "--output_dir", str(tmp_path / "out"), "--max_steps", "4",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--logging_steps", "1",
+        "--dataloader_num_workers", "0", "--save_strategy", "no", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    rates = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
+    # LR x0.1 at 50 % and 75 % of the 4 steps; each log holds the rate that step used.
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 1e-4
+    assert (trainer.args.cskd_temperature, trainer.args.cskd_lambda) == (4.0, 1.0)
+    logs = [log for log in trainer.state.log_history if "cskd_loss" in log]
+    assert len(logs) == 4 and all(np.isfinite(log["loss"]) for log in logs)
+    out = tmp_path / "out"
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.id2label[7] == "class_7" and (out / "test_results.json").is_file()
