@@ -111,7 +111,7 @@ def plot_reliability_diagram(
         2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
     )
     accuracy = np.nan_to_num(bins["accuracy"])
-    confidence = np.where(bins["counts"] > 0, bins["confidence"], edges + width / 2)
+    confidence = np.where(bins["counts"] > 0, bins["confidence"], accuracy)  # empty bins: no gap drawn
     top.bar(edges, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
     top.bar(
         edges, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="tab:red", alpha=0.3,

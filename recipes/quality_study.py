@@ -39,6 +39,7 @@ METHODS = {  # name -> (cskd_lambda, cskd_temperature, label_smoothing_factor)
     "label smoothing 0.1": (0.0, 4.0, 0.1),
     "CS-KD (T=4, λ=1)": (1.0, 4.0, 0.0),
 }
+NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 SENSITIVITY = [(1.0, 1.0), (1.0, 8.0), (0.5, 4.0), (2.0, 4.0)]  # (λ, T); (1, 4) is the main run
 
 
@@ -225,7 +226,9 @@ def main() -> None:
     command = "python recipes/quality_study.py" + "".join(
         f" --{k} {v}" for k, v in vars(args).items() if v != parser.get_default(k)
     )
-    Path(args.output).write_text(report(results, args, command, minutes))
+    output = Path(args.output)
+    notes = output.read_text().partition(NOTES_MARKER)[2] if output.is_file() else ""
+    output.write_text(report(results, args, command, minutes) + ("\n" + NOTES_MARKER + notes if notes else ""))
     Path(args.json).write_text(json.dumps({"command": command, "minutes": minutes, "runs": results}, indent=1))
     print(f"wrote {args.output} and {args.json} in {minutes:.1f} min")
 

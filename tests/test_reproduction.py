@@ -61,3 +61,27 @@ def test_reproduction_recipe_on_a_local_stand_in(tmp_path, cifar_stand_in):
     out = tmp_path / "out"
     model = AutoModelForImageClassification.from_pretrained(out)
     assert model.config.id2label[7] == "class_7" and (out / "test_results.json").is_file()
+
+
+def test_quality_study_runs_and_reports(tmp_path):
+    import argparse
+
+    import quality_study
+
+    common = {"per_class": 5, "val_per_class": 3, "epochs": 2, "label_smoothing": 0.0}
+    jobs = [
+        {**common, "group": "main", "method": name, "seed": seed, "lambda": lam, "temperature": t, "label_smoothing": ls}
+        for seed in (0, 1)
+        for name, (lam, t, ls) in quality_study.METHODS.items()
+    ]
+    results = [quality_study.run(job) for job in jobs]
+    train_idx, val_idx = quality_study.split_indices(quality_study.load_split("train")[1], 5, 3, seed=0)
+    assert len(train_idx) == 50 and len(val_idx) == 30 and not set(train_idx) & set(val_idx)
+    for result in results:
+        assert 0 <= result["raw"]["accuracy"] <= 1 and result["temperature_fit"] > 0
+        assert result["scaled"]["accuracy"] == result["raw"]["accuracy"]  # TS never changes predictions
+        assert result["scaled"]["nll"] <= result["raw"]["nll"] + 0.05
+    args = argparse.Namespace(seeds=2, sensitivity_seeds=1, per_class=5, val_per_class=3, epochs=2)
+    text = quality_study.report(results, args, "python recipes/quality_study.py --seeds 2", 0.1)
+    assert "| CS-KD (T=4, λ=1) | " in text and "## Per-seed numbers" in text and "on ?" not in text
+    assert text.count("| cross-entropy | ") == 3  # main table + 2 seeds
