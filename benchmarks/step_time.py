@@ -2,8 +2,9 @@
 
 The floor is the official CS-KD step written by hand on the same model and batch: anchor forward
 with gradient, pair forward without gradient, CE + KD, backward, gradient clipping, AdamW step.
-The three variants run interleaved in one process (rounds of steps each), and the median step
-time of each is reported with ratios; peak memory is measured per variant in a fresh subprocess
+Two timings: full `train()` runs of the three variants interleaved in rounds (data loading
+excluded by the step timer, as in the floor), and the three steps alternating one by one on one
+fixed batch (the least noisy on a shared machine). Medians and ratios are reported; peak memory is measured per variant in a fresh subprocess
 (peak RSS growth on CPU, `max_memory_allocated` on CUDA).
 
     python benchmarks/step_time.py [--model vit|cnn|all] [--steps 8] [--rounds 3] [--device cpu|cuda]
@@ -78,13 +79,17 @@ def trainer_steps(kind: str, model: torch.nn.Module, data: Dataset, steps: int, 
     return timer.times
 
 
-def floor_steps(model: torch.nn.Module, data: Dataset, steps: int, device: str) -> list[float]:
-    model.to(device).train()
-    # The optimizer Trainer builds by default, so that only the step structure differs.
+def default_optimizer(model: torch.nn.Module, device: str) -> torch.optim.Optimizer:
+    """The optimizer Trainer builds by default, so that only the step structure differs."""
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(
         TrainingArguments(output_dir="/tmp/hf_cskd_bench", use_cpu=device == "cpu", report_to="none")
     )
-    optimizer = optimizer_cls(model.parameters(), **optimizer_kwargs)
+    return optimizer_cls(model.parameters(), **optimizer_kwargs)
+
+
+def floor_steps(model: torch.nn.Module, data: Dataset, steps: int, device: str) -> list[float]:
+    model.to(device).train()
+    optimizer = default_optimizer(model, device)
     generator = torch.Generator().manual_seed(0)
     columns = data[:]  # materialized tensors: the floor's data access costs nothing
     labels, pixels = columns["label"], columns["pixel_values"]
@@ -106,6 +111,49 @@ def floor_steps(model: torch.nn.Module, data: Dataset, steps: int, device: str) 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times
+
+
+def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, list[float]]:
+    """Each variant's step on the same fixed batch, alternating step by step (no data loading).
+
+    Three copies of the model, each with the default `Trainer` optimizer. Plain: `training_step`
+    on the batch without pairs (`CSKDTrainer.compute_loss` then defers to `Trainer.compute_loss`
+    unchanged; one `Trainer` object serves both, as Accelerate's state is a per-process
+    singleton). CS-KD: `training_step` on the paired batch. Floor: written by hand. All three
+    then clip gradients and step the optimizer. Alternating single steps cancels drift best.
+    """
+    args = CSKDConfig(output_dir="/tmp/hf_cskd_bench", per_device_train_batch_size=BATCH, report_to="none",
+                      use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0)  # fmt: skip
+    models = {kind: build_model(model_name).to(device).train() for kind in ("trainer", "cskd", "floor")}
+    optimizers = {kind: default_optimizer(model, device) for kind, model in models.items()}
+    trainer = CSKDTrainer(model=models["cskd"], args=args, train_dataset=build_data(1))
+    trainer.current_gradient_accumulation_steps = 1
+    batch = next(iter(trainer.get_train_dataloader()))
+    plain_batch = {k: v for k, v in batch.items() if not k.startswith("pair_")}
+
+    def trainer_step(kind: str) -> None:
+        trainer.training_step(models[kind], dict(batch if kind == "cskd" else plain_batch))
+
+    def floor_step() -> None:
+        model = models["floor"]
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        with torch.no_grad():
+            pair_logits = model(pixel_values=batch["pair_pixel_values"]).logits
+        (F.cross_entropy(logits, batch["labels"]) + class_wise_kd_loss(logits, pair_logits)).backward()
+
+    steps_by_kind = {"trainer": lambda: trainer_step("trainer"), "cskd": lambda: trainer_step("cskd"), "floor": floor_step}
+    times = {kind: [] for kind in steps_by_kind}
+    for _ in range(steps):
+        for kind, run_step in steps_by_kind.items():
+            start = time.perf_counter()
+            run_step()
+            torch.nn.utils.clip_grad_norm_(models[kind].parameters(), 1.0)
+            optimizers[kind].step()
+            optimizers[kind].zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[kind].append(time.perf_counter() - start)
+    return {kind: values[2:] for kind, values in times.items()}
 
 
 def run_variant(kind: str, model_name: str, steps: int, device: str) -> list[float]:
@@ -138,14 +186,16 @@ def measure_peak(kind: str, model_name: str, steps: int, device: str) -> float:
     return (peak - baseline) / 2**20
 
 
-def peak_memory(kind: str, model_name: str, steps: int, device: str) -> float:
-    code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import step_time as b;"
-        f"print(b.measure_peak({kind!r}, {model_name!r}, {steps}, {device!r}))"
-    )
+def in_fresh_process(expression: str):
+    """Evaluate `expression` (with this module as `b`) in a new Python process; return its JSON value."""
+    code = f"import json, sys; sys.path.insert(0, 'benchmarks'); import step_time as b; print(json.dumps({expression}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})  # fmt: skip
-    return float(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_memory(kind: str, model_name: str, steps: int, device: str) -> float:
+    return in_fresh_process(f"b.measure_peak({kind!r}, {model_name!r}, {steps}, {device!r})")
 
 
 def main() -> None:
@@ -164,6 +214,8 @@ def main() -> None:
             for kind in kinds:
                 times[kind] += run_variant(kind, model_name, args.steps, args.device)[2:]
         median = {kind: statistics.median(values) for kind, values in times.items()}
+        alternating = in_fresh_process(f"b.interleaved_steps({model_name!r}, {args.steps * args.rounds}, {args.device!r})")
+        alt = {kind: statistics.median(values) for kind, values in alternating.items()}
         row = {
             "model": model_name,
             "device": args.device,
@@ -173,6 +225,10 @@ def main() -> None:
             "cskd_vs_trainer": round(median["cskd"] / median["trainer"], 3),
             "floor_vs_trainer": round(median["floor"] / median["trainer"], 3),
             "cskd_vs_floor": round(median["cskd"] / median["floor"], 3),
+            **{f"alternating_{kind}_step_s": round(alt[kind], 4) for kind in kinds},
+            "alternating_cskd_vs_trainer": round(alt["cskd"] / alt["trainer"], 3),
+            "alternating_floor_vs_trainer": round(alt["floor"] / alt["trainer"], 3),
+            "alternating_cskd_vs_floor": round(alt["cskd"] / alt["floor"], 3),
         }
         if not args.skip_memory:
             memory = {kind: peak_memory(kind, model_name, args.steps, args.device) for kind in kinds}
@@ -183,6 +239,10 @@ def main() -> None:
         print(f"  plain Trainer {median['trainer']:.4f}s | CSKDTrainer {median['cskd']:.4f}s | floor {median['floor']:.4f}s")
         print(f"  CSKDTrainer / Trainer = {row['cskd_vs_trainer']:.3f}   floor / Trainer = {row['floor_vs_trainer']:.3f}"
               f"   CSKDTrainer / floor = {row['cskd_vs_floor']:.3f}")  # fmt: skip
+        print(f"  same batch, variants alternating step by step ({len(alternating['cskd'])} steps each): "
+              f"Trainer {alt['trainer']:.4f}s | CSKDTrainer {alt['cskd']:.4f}s | floor {alt['floor']:.4f}s")
+        print(f"  CSKDTrainer / Trainer = {row['alternating_cskd_vs_trainer']:.3f}   floor / Trainer = "
+              f"{row['alternating_floor_vs_trainer']:.3f}   CSKDTrainer / floor = {row['alternating_cskd_vs_floor']:.3f}")
         if not args.skip_memory:
             print(f"  peak memory growth MiB: Trainer {row['trainer_peak_mib']} | CSKDTrainer {row['cskd_peak_mib']} | "
                   f"floor {row['floor_peak_mib']}   CSKDTrainer / Trainer = {row['cskd_vs_trainer_memory']:.3f}")  # fmt: skip

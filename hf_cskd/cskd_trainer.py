@@ -327,11 +327,13 @@ class CSKDTrainer(Trainer):
         if results is None:
             latest = self._latest_eval_metrics()
             results = {"CS-KD" if self.args.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}
-        dataset_id = dataset[0] if isinstance(dataset, list) else dataset
+        # As in Trainer: `dataset` is the name shown, `dataset_tags` the Hub id(s) for the metadata.
+        dataset_name = dataset[0] if isinstance(dataset, list) else dataset
+        dataset_id = dataset_tags[0] if isinstance(dataset_tags, list) else dataset_tags
         card = build_model_card(
             model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
             results=results,
-            dataset_name=dataset_id or "the training data",
+            dataset_name=dataset_name or dataset_id or "the training data",
             dataset_id=dataset_id,
             eval_split=eval_split,
             cskd_temperature=self.args.cskd_temperature,

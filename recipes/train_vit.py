@@ -41,6 +41,7 @@ from hf_cskd.image_transforms import eval_transform, train_transform
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DATA = Path(__file__).parent / "data" / "digits"
+EMBEDDED_NAME = "scikit-learn digits (embedded)"
 
 # Used whenever the flag is not given.
 ALWAYS_DEFAULTS = {
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
         "eval_split": report_split,
         "reliability_diagram": "reliability_diagram.png",
         "num_bins": data_args.num_bins,
-        "dataset": data_args.dataset_name,
+        "dataset": data_args.dataset_name or (Path(data_args.train_dir).name if data_args.train_dir else EMBEDDED_NAME),
+        "dataset_tags": data_args.dataset_name,
     }
     if trainer.is_world_process_zero():
         title = f"{method}{' + temperature scaling' if data_args.calibrate else ''} ({report_split})"

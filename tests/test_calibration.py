@@ -148,7 +148,7 @@ def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
     trainer.save_model()
     strip = lambda m: {k[5:]: v for k, v in m.items() if k.startswith("test_")}  # noqa: E731
     results = {"CS-KD": strip(before), "CS-KD + temperature scaling": strip(after)}
-    trainer.create_model_card(results=results, eval_split="test", dataset="toy/shapes")
+    trainer.create_model_card(results=results, eval_split="test", dataset="Toy shapes", dataset_tags="toy/shapes")
 
     out = tmp_path / "out"
     card = ModelCard.load(out / "README.md")
@@ -156,7 +156,7 @@ def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
     assert values[("ECE (CS-KD)", "ece")] == pytest.approx(before["test_ece"])
     assert values[("NLL (CS-KD + temperature scaling)", "nll")] == pytest.approx(after["test_nll"])
     assert values[("Accuracy (CS-KD + temperature scaling)", "accuracy")] == pytest.approx(after["test_accuracy"])
-    assert card.data.datasets == ["toy/shapes"] and f"T = {temperature:.4f}" in card.text
+    assert card.data.datasets == ["toy/shapes"] and "split of Toy shapes" in card.text and f"T = {temperature:.4f}" in card.text
     assert "@inproceedings{yun2020regularizing" in card.text
     for path in out.rglob("*"):
         if path.is_file():
