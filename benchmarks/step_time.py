@@ -141,7 +141,11 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
             pair_logits = model(pixel_values=batch["pair_pixel_values"]).logits
         (F.cross_entropy(logits, batch["labels"]) + class_wise_kd_loss(logits, pair_logits)).backward()
 
-    steps_by_kind = {"trainer": lambda: trainer_step("trainer"), "cskd": lambda: trainer_step("cskd"), "floor": floor_step}
+    steps_by_kind = {
+        "trainer": lambda: trainer_step("trainer"),
+        "cskd": lambda: trainer_step("cskd"),
+        "floor": floor_step,
+    }
     times = {kind: [] for kind in steps_by_kind}
     for _ in range(steps):
         for kind, run_step in steps_by_kind.items():
@@ -208,13 +212,15 @@ def main() -> None:
     args = parser.parse_args()
     kinds = ("trainer", "cskd", "floor")
     results = {}
-    for model_name in (["vit", "cnn"] if args.model == "all" else [args.model]):
+    for model_name in ["vit", "cnn"] if args.model == "all" else [args.model]:
         times = {kind: [] for kind in kinds}
         for _ in range(args.rounds):  # interleaved, so drifts of the machine hit all variants alike
             for kind in kinds:
                 times[kind] += run_variant(kind, model_name, args.steps, args.device)[2:]
         median = {kind: statistics.median(values) for kind, values in times.items()}
-        alternating = in_fresh_process(f"b.interleaved_steps({model_name!r}, {args.steps * args.rounds}, {args.device!r})")
+        alternating = in_fresh_process(
+            f"b.interleaved_steps({model_name!r}, {args.steps * args.rounds}, {args.device!r})"
+        )
         alt = {kind: statistics.median(values) for kind, values in alternating.items()}
         row = {
             "model": model_name,
@@ -236,13 +242,19 @@ def main() -> None:
             row["cskd_vs_trainer_memory"] = round(memory["cskd"] / memory["trainer"], 3)
         results[model_name] = row
         print(f"\n{model_name}: step time (median of {row['measured_steps']} steps) on {args.device}, batch {BATCH}")
-        print(f"  plain Trainer {median['trainer']:.4f}s | CSKDTrainer {median['cskd']:.4f}s | floor {median['floor']:.4f}s")
+        print(
+            f"  plain Trainer {median['trainer']:.4f}s | CSKDTrainer {median['cskd']:.4f}s | floor {median['floor']:.4f}s"
+        )
         print(f"  CSKDTrainer / Trainer = {row['cskd_vs_trainer']:.3f}   floor / Trainer = {row['floor_vs_trainer']:.3f}"
               f"   CSKDTrainer / floor = {row['cskd_vs_floor']:.3f}")  # fmt: skip
-        print(f"  same batch, variants alternating step by step ({len(alternating['cskd'])} steps each): "
-              f"Trainer {alt['trainer']:.4f}s | CSKDTrainer {alt['cskd']:.4f}s | floor {alt['floor']:.4f}s")
-        print(f"  CSKDTrainer / Trainer = {row['alternating_cskd_vs_trainer']:.3f}   floor / Trainer = "
-              f"{row['alternating_floor_vs_trainer']:.3f}   CSKDTrainer / floor = {row['alternating_cskd_vs_floor']:.3f}")
+        print(
+            f"  same batch, variants alternating step by step ({len(alternating['cskd'])} steps each): "
+            f"Trainer {alt['trainer']:.4f}s | CSKDTrainer {alt['cskd']:.4f}s | floor {alt['floor']:.4f}s"
+        )
+        print(
+            f"  CSKDTrainer / Trainer = {row['alternating_cskd_vs_trainer']:.3f}   floor / Trainer = "
+            f"{row['alternating_floor_vs_trainer']:.3f}   CSKDTrainer / floor = {row['alternating_cskd_vs_floor']:.3f}"
+        )
         if not args.skip_memory:
             print(f"  peak memory growth MiB: Trainer {row['trainer_peak_mib']} | CSKDTrainer {row['cskd_peak_mib']} | "
                   f"floor {row['floor_peak_mib']}   CSKDTrainer / Trainer = {row['cskd_vs_trainer_memory']:.3f}")  # fmt: skip

@@ -114,8 +114,15 @@ def plot_reliability_diagram(
     confidence = np.where(bins["counts"] > 0, bins["confidence"], accuracy)  # empty bins: no gap drawn
     top.bar(edges, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
     top.bar(
-        edges, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="tab:red", alpha=0.3,
-        hatch="//", label="gap",
+        edges,
+        confidence - accuracy,
+        bottom=accuracy,
+        width=width,
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        hatch="//",
+        label="gap",
     )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))

@@ -7,12 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
+from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.utils import SAFE_WEIGHTS_NAME
-from transformers.utils import logging
+from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .calibration import calibration_metrics
 from .collator import DataCollatorForClassPairs, split_pair_inputs

@@ -7,7 +7,16 @@ from huggingface_hub.errors import HfHubHTTPError
 
 # What a calibrated CS-KD checkpoint consists of; anything else in the folder stays local.
 PUBLISHED_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "README.md", "*.png"]
-NEVER_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.bin", "*.pt", "*.pth", "*.pkl", "trainer_state.json"]
+NEVER_PUBLISHED = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "runs/**",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+    "trainer_state.json",
+]
 
 
 def push_folder_to_hub(

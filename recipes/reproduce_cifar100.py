@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     trainer.save_metrics("test", metrics)
     logger.info(f"{method}: top-1 error {metrics['test_error_percent']:.2f} % (paper: {PAPER_ERROR[method]})")
     strip = {k[len("test_") :]: v for k, v in metrics.items() if k.startswith("test_")}
-    trainer.create_model_card(results={method: strip}, eval_split="test", dataset=data_args.dataset_name,
-                              dataset_tags=data_args.dataset_name)
+    trainer.create_model_card(
+        results={method: strip}, eval_split="test", dataset=data_args.dataset_name, dataset_tags=data_args.dataset_name
+    )
     return trainer
 
 

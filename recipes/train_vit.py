@@ -167,7 +167,9 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
         )
         raw["train"], raw["validation"] = split["train"], split["test"]
     if data_args.max_train_samples is not None:
-        raw["train"] = raw["train"].shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(raw["train"]))))
+        raw["train"] = (
+            raw["train"].shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(raw["train"]))))
+        )
     if data_args.max_eval_samples is not None:
         for name in ("validation", "test"):
             if name in raw:
@@ -189,7 +191,9 @@ def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
 
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
     base = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
-    has_head = bool(getattr(base, "architectures", None)) and any("ForImageClassification" in a for a in base.architectures)
+    has_head = bool(getattr(base, "architectures", None)) and any(
+        "ForImageClassification" in a for a in base.architectures
+    )
     if has_head and base.num_labels != len(labels) and not model_args.ignore_mismatched_sizes:
         raise ValueError(
             f"{model_args.model_name_or_path} has a classification head for {base.num_labels} classes but the "
@@ -244,7 +248,9 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
 
     columns = (data_args.image_column_name, data_args.label_column_name)
     train = raw["train"].with_transform(
-        train_transform(processor, *columns, scale=(data_args.crop_scale_min, 1.0), horizontal_flip=data_args.horizontal_flip)
+        train_transform(
+            processor, *columns, scale=(data_args.crop_scale_min, 1.0), horizontal_flip=data_args.horizontal_flip
+        )
     )
     validation = raw["validation"].with_transform(eval_transform(processor, *columns))
     test = raw["test"].with_transform(eval_transform(processor, *columns)) if "test" in raw else None
@@ -273,7 +279,9 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     if data_args.calibrate:
         temperature = trainer.calibrate(validation, split_name="validation")
         prediction = trainer.predict(report_data, metric_key_prefix=report_split)
-        results[f"{method} + temperature scaling (T = {temperature:.3f})"] = strip_prefix(prediction.metrics, report_split)
+        results[f"{method} + temperature scaling (T = {temperature:.3f})"] = strip_prefix(
+            prediction.metrics, report_split
+        )
         final = {**prediction.metrics, "temperature": temperature}
         final_logits = prediction.predictions
     if data_args.baseline_metrics is not None:

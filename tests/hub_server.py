@@ -85,7 +85,9 @@ class Handler(BaseHTTPRequestHandler):
                 return None
             with self.state.lock:
                 if repo_id in self.state.repos:
-                    return self.reply(409, {"error": "You already created this model repo", "url": f"{self.base_url()}/{repo_id}"})
+                    return self.reply(
+                        409, {"error": "You already created this model repo", "url": f"{self.base_url()}/{repo_id}"}
+                    )
                 self.state.repos[repo_id] = {"files": {}, "sha": "0" * 40}
             return self.reply(200, {"url": f"{self.base_url()}/{repo_id}"})
         parts = path.split("/")
@@ -116,8 +118,12 @@ class Handler(BaseHTTPRequestHandler):
                     repo["files"][entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
                 elif entry["key"] == "deletedFile":
                     repo["files"].pop(entry["value"]["path"], None)
-            repo["sha"] = hashlib.sha1(json.dumps(sorted((k, git_blob_sha1(v)) for k, v in repo["files"].items())).encode()).hexdigest()
-        return self.reply(200, {"commitOid": repo["sha"], "commitUrl": f"{self.base_url()}/{repo_id}/commit/{repo['sha']}"})
+            repo["sha"] = hashlib.sha1(
+                json.dumps(sorted((k, git_blob_sha1(v)) for k, v in repo["files"].items())).encode()
+            ).hexdigest()
+        return self.reply(
+            200, {"commitOid": repo["sha"], "commitUrl": f"{self.base_url()}/{repo_id}/commit/{repo['sha']}"}
+        )
 
     def do_GET(self):
         self.get(head=False)

@@ -89,7 +89,9 @@ def test_temperature_scaling_lowers_nll_on_held_out_data():
 
 def tiny_resnet():
     torch.manual_seed(0)
-    config = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic", num_labels=3)
+    config = ResNetConfig(
+        num_channels=1, embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic", num_labels=3
+    )
     return ResNetForImageClassification(config)
 
 
@@ -156,7 +158,11 @@ def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
     assert values[("ECE (CS-KD)", "ece")] == pytest.approx(before["test_ece"])
     assert values[("NLL (CS-KD + temperature scaling)", "nll")] == pytest.approx(after["test_nll"])
     assert values[("Accuracy (CS-KD + temperature scaling)", "accuracy")] == pytest.approx(after["test_accuracy"])
-    assert card.data.datasets == ["toy/shapes"] and "split of Toy shapes" in card.text and f"T = {temperature:.4f}" in card.text
+    assert (
+        card.data.datasets == ["toy/shapes"]
+        and "split of Toy shapes" in card.text
+        and f"T = {temperature:.4f}" in card.text
+    )
     assert "@inproceedings{yun2020regularizing" in card.text
     for path in out.rglob("*"):
         if path.is_file():

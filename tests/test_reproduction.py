@@ -70,7 +70,15 @@ def test_quality_study_runs_and_reports(tmp_path):
 
     common = {"per_class": 5, "val_per_class": 3, "epochs": 2, "label_smoothing": 0.0}
     jobs = [
-        {**common, "group": "main", "method": name, "seed": seed, "lambda": lam, "temperature": t, "label_smoothing": ls}
+        {
+            **common,
+            "group": "main",
+            "method": name,
+            "seed": seed,
+            "lambda": lam,
+            "temperature": t,
+            "label_smoothing": ls,
+        }
         for seed in (0, 1)
         for name, (lam, t, ls) in quality_study.METHODS.items()
     ]

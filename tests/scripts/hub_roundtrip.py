@@ -13,7 +13,13 @@ import numpy as np
 import torch
 from datasets import Dataset
 from PIL import Image
-from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessorPil, pipeline
+from transformers import (
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+    pipeline,
+)
 
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import compute_metrics
@@ -82,12 +88,16 @@ not_yours = expect_permission_error(lambda: push_folder_to_hub(out, "bob/not-ali
 trainer.args.hub_model_id, trainer.hub_model_id = "bob/stolen", None
 trainer_not_yours = expect_permission_error(lambda: trainer.push_to_hub(), "403")
 
-print(json.dumps({
-    "pushed": pushed,
-    "folder_files": folder_files,
-    "max_prob_diff_from_pretrained": float((local_probs - remote_probs).abs().max()),
-    "max_prob_diff_pipeline": float(np.abs(np.array(pipeline_probs) - local_probs.numpy()).max()),
-    "calibration_temperature": remote.config.calibration_temperature,
-    "errors": [no_token, not_yours, trainer_not_yours],
-    "local_output_unchanged": before == folder_digest(out),
-}))
+print(
+    json.dumps(
+        {
+            "pushed": pushed,
+            "folder_files": folder_files,
+            "max_prob_diff_from_pretrained": float((local_probs - remote_probs).abs().max()),
+            "max_prob_diff_pipeline": float(np.abs(np.array(pipeline_probs) - local_probs.numpy()).max()),
+            "calibration_temperature": remote.config.calibration_temperature,
+            "errors": [no_token, not_yours, trainer_not_yours],
+            "local_output_unchanged": before == folder_digest(out),
+        }
+    )
+)
