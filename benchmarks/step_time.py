@@ -79,6 +79,16 @@ def trainer_steps(kind: str, model: torch.nn.Module, data: Dataset, steps: int, 
     return timer.times
 
 
+def floor_forward_backward(
+    model: torch.nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, pair_pixel_values: torch.Tensor
+) -> None:
+    """The official CS-KD step by hand: anchor forward, pair forward without gradient, CE + KD, backward."""
+    logits = model(pixel_values=pixel_values).logits
+    with torch.no_grad():
+        pair_logits = model(pixel_values=pair_pixel_values).logits
+    (F.cross_entropy(logits, labels) + class_wise_kd_loss(logits, pair_logits)).backward()
+
+
 def default_optimizer(model: torch.nn.Module, device: str) -> torch.optim.Optimizer:
     """The optimizer Trainer builds by default, so that only the step structure differs."""
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(
@@ -99,11 +109,7 @@ def floor_steps(model: torch.nn.Module, data: Dataset, steps: int, device: str) 
         pair = torch.randint(0, len(labels), (BATCH,), generator=generator)  # the pairing's cost is data-side
         x, y, x_pair = pixels[index].to(device), labels[index].to(device), pixels[pair].to(device)
         start = time.perf_counter()  # like the Trainer timer: from a ready batch to the optimizer step
-        logits = model(pixel_values=x).logits
-        with torch.no_grad():
-            pair_logits = model(pixel_values=x_pair).logits
-        loss = F.cross_entropy(logits, y) + class_wise_kd_loss(logits, pair_logits)
-        loss.backward()
+        floor_forward_backward(model, x, y, x_pair)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -135,11 +141,7 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
         trainer.training_step(models[kind], dict(batch if kind == "cskd" else plain_batch))
 
     def floor_step() -> None:
-        model = models["floor"]
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        with torch.no_grad():
-            pair_logits = model(pixel_values=batch["pair_pixel_values"]).logits
-        (F.cross_entropy(logits, batch["labels"]) + class_wise_kd_loss(logits, pair_logits)).backward()
+        floor_forward_backward(models["floor"], batch["pixel_values"], batch["labels"], batch["pair_pixel_values"])
 
     steps_by_kind = {
         "trainer": lambda: trainer_step("trainer"),

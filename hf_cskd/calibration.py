@@ -34,16 +34,9 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, np.ndarray]:
-    """Per-bin data of a reliability diagram over equal-width confidence bins (lo, hi].
-
-    Returns the bin edges, the number of examples, their mean confidence and their accuracy per
-    bin (confidence and accuracy are NaN for empty bins).
-    """
+def _bins(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, np.ndarray]:
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
-    logits, labels = _as_numpy(logits, labels)
-    probs = np.exp(log_softmax(logits))
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     bin_ids = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
@@ -59,6 +52,16 @@ def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS)
     }
 
 
+def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, np.ndarray]:
+    """Per-bin data of a reliability diagram over equal-width confidence bins (lo, hi].
+
+    Returns the bin edges, the number of examples, their mean confidence and their accuracy per
+    bin (confidence and accuracy are NaN for empty bins).
+    """
+    logits, labels = _as_numpy(logits, labels)
+    return _bins(np.exp(log_softmax(logits)), labels, num_bins)
+
+
 def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, float]:
     """Top-1 accuracy, ECE and MCE (equal-width bins), NLL and the multi-class Brier score.
 
@@ -68,7 +71,7 @@ def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BI
     logits, labels = _as_numpy(logits, labels)
     log_probs = log_softmax(logits)
     probs = np.exp(log_probs)
-    bins = reliability_bins(logits, labels, num_bins)
+    bins = _bins(probs, labels, num_bins)
     filled = bins["counts"] > 0
     gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
     one_hot = np.eye(logits.shape[1])[labels]
