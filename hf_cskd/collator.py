@@ -1,12 +1,16 @@
-"""Batches of anchors and their class-wise pairs."""
+"""Batches of anchors with what CS-KD needs beside them: class-wise pairs, or example ids."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import default_data_collator
 
 from .pairing import PAIR_PREFIX
+
+EXAMPLE_ID_KEY = "cskd_example_id"
+"""The row index of each example, carried in queue mode so that no anchor is distilled from itself."""
 
 
 def split_pair_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -19,20 +23,25 @@ class DataCollatorForClassPairs:
     """Collate anchors and pairs with the same inner collator, pairs under `pair_`-prefixed names.
 
     Anchors and pairs are collated separately, so a padding collator pads each half to its own
-    length and any model inputs work (pixel values, input ids and attention masks, ...). A batch
-    without pair keys (evaluation, prediction) is passed to the inner collator unchanged, so one
+    length and any model inputs work (pixel values, input ids and attention masks, ...). Example
+    ids (`cskd_example_id`, queue mode) bypass the inner collator and become one int64 tensor. A
+    batch with neither (evaluation, prediction) is passed to the inner collator unchanged, so one
     collator serves the whole `Trainer`.
     """
 
     collator: Callable[[list[dict[str, Any]]], dict[str, Any]] = field(default=default_data_collator)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        pairs = [split_pair_inputs(dict(feature)) for feature in features]
-        if not any(pairs):
-            return self.collator(features)
-        if not all(pairs):
+        features = [dict(feature) for feature in features]
+        ids = [feature.pop(EXAMPLE_ID_KEY, None) for feature in features]
+        if any(i is None for i in ids) and not all(i is None for i in ids):
+            raise ValueError(f"Some examples of this batch carry a {EXAMPLE_ID_KEY!r} and some do not.")
+        pairs = [split_pair_inputs(feature) for feature in features]
+        if not all(pairs) and any(pairs):
             raise ValueError("Some examples of this batch have a class-wise pair and some do not.")
-        anchors = [{k: v for k, v in feature.items() if not k.startswith(PAIR_PREFIX)} for feature in features]
-        batch = dict(self.collator(anchors))
-        batch.update({PAIR_PREFIX + key: value for key, value in self.collator(pairs).items()})
+        batch = dict(self.collator(features))
+        if all(pairs):
+            batch.update({PAIR_PREFIX + key: value for key, value in self.collator(pairs).items()})
+        if ids[0] is not None:
+            batch[EXAMPLE_ID_KEY] = torch.tensor(ids, dtype=torch.int64)
         return batch

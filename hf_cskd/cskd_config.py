@@ -4,13 +4,17 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .class_queue import MAX_QUEUE_BYTES
+
+CSKD_MODES = ("pairs", "queue")
+
 
 @dataclass
 class CSKDConfig(TrainingArguments):
     """Configuration for `CSKDTrainer`: every `TrainingArguments` field plus the CS-KD ones.
 
-    The defaults are the paper's (T = 4, λ = 1). `cskd_lambda=0` trains with plain
-    cross-entropy (the baseline), with no pairs loaded and no extra forward pass.
+    The defaults are the paper's (T = 4, λ = 1, targets from class-wise pairs). `cskd_lambda=0`
+    trains with plain cross-entropy (the baseline), with no pairs loaded and no extra forward pass.
     """
 
     cskd_temperature: float = field(
@@ -32,7 +36,35 @@ class CSKDConfig(TrainingArguments):
         },
     )
 
+    cskd_mode: str = field(
+        default="pairs",
+        metadata={
+            "help": "Where CS-KD targets come from. 'pairs' (the paper's): a second forward, without gradient, of "
+            "another training example of the same class (about 1.35x a plain step, pairs loaded and decoded). "
+            "'queue': a prediction of the same class made at a recent step, drawn from a per-class queue (one "
+            "forward per step, the plain data path).",
+            "choices": list(CSKD_MODES),
+        },
+    )
+    cskd_queue_size: int = field(
+        default=8,
+        metadata={
+            "help": "Queue mode: recent predictions kept per class (K >= 1). The queue holds K x C x C float32 "
+            f"logits on the model's device and is refused above {MAX_QUEUE_BYTES // 1024**3} GiB."
+        },
+    )
+
     def __post_init__(self):
+        if self.cskd_mode not in CSKD_MODES:
+            raise ValueError(
+                f"cskd_mode must be one of {list(CSKD_MODES)}, got {self.cskd_mode!r}. 'pairs' is the paper's "
+                "method (the default); 'queue' needs no second forward pass."
+            )
+        if not (isinstance(self.cskd_queue_size, int) and self.cskd_queue_size >= 1):
+            raise ValueError(
+                f"cskd_queue_size must be an integer >= 1, got {self.cskd_queue_size!r} (default 8 predictions per "
+                "class)."
+            )
         if not self.cskd_temperature > 0:
             raise ValueError(
                 f"cskd_temperature must be > 0, got {self.cskd_temperature}. The paper uses 4 (the default)."

@@ -9,20 +9,25 @@ from typing import Any
 import torch
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .calibration import calibration_metrics
-from .collator import DataCollatorForClassPairs, split_pair_inputs
+from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig
 from .hub import hub_permission_error
 from .losses import class_wise_kd_loss
 from .model_card import build_model_card, card_hyperparameters
-from .pairing import PAIR_PREFIX, ClassPairedDataset, require_map_style
+from .pairing import ClassPairedDataset, require_map_style
+from .targets import PairTargets, QueueTargets, TargetSource, model_logits
 from .temperature_scaling import bake_temperature, fit_temperature
 
 logger = logging.get_logger(__name__)
+
+TARGETS_NAME = "cskd_targets.safetensors"
+"""The target source's state (the queue) in each checkpoint."""
 
 
 class PairEpochCallback(TrainerCallback):
@@ -73,7 +78,7 @@ class CSKDTrainer(Trainer):
             values = {k: v for k, v in args.to_dict().items() if k in CSKDConfig.__dataclass_fields__}
             values["hub_token"] = args.hub_token  # to_dict() masks it
             args = CSKDConfig(**values)
-        if args.cskd_lambda > 0 and not isinstance(train_dataset, ClassPairedDataset | None):
+        if args.cskd_lambda > 0 and args.cskd_mode == "pairs" and not isinstance(train_dataset, ClassPairedDataset):
             require_map_style(train_dataset)  # before Trainer asks for max_steps
         super().__init__(
             model=model,
@@ -94,9 +99,11 @@ class CSKDTrainer(Trainer):
         self.add_callback(PairEpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
-        # Pair now, so that bad labels fail here rather than after the first training steps.
-        self.train_dataset = self._paired(self.train_dataset)
+        self.cskd_targets = self._target_source(train_dataset)
+        # Prepare now, so that bad labels fail here rather than after the first training steps.
+        self._prepare_train_dataset()
         self._cskd_sums: dict[str, torch.Tensor] = {}
+        self._cskd_micro_steps = 0
         self._cskd_first_step = 0
         self.calibration: dict[str, Any] | None = None  # set by `calibrate()`
 
@@ -119,30 +126,37 @@ class CSKDTrainer(Trainer):
                 "Use single-label targets and `problem_type='single_label_classification'`."
             )
 
-    def _paired(self, dataset: Any) -> Any:
-        """The training set as a `ClassPairedDataset`, unless it is one already or λ is 0."""
-        if dataset is None or isinstance(dataset, ClassPairedDataset):
-            return dataset
-        if self.args.cskd_lambda == 0:
-            logger.info("cskd_lambda=0: training with the model's own loss only, without class-wise pairs.")
-            return dataset
+    def _target_source(self, dataset: Any) -> TargetSource | None:
+        """Pairs (the paper's) or the queue, as `cskd_mode` says; none for plain cross-entropy."""
+        if self.args.cskd_lambda == 0 and not isinstance(dataset, ClassPairedDataset):
+            logger.info("cskd_lambda=0: training with the model's own loss only, without CS-KD targets.")
+            return None
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        return ClassPairedDataset(
-            dataset,
-            label_column=self.args.cskd_label_column,
-            num_labels=getattr(config, "num_labels", None),
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
+        num_labels = getattr(config, "num_labels", None)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if self.args.cskd_mode == "queue":
+            if num_labels is None:
+                raise ValueError("cskd_mode='queue' needs the number of classes: give the model a `config.num_labels`.")
+            return QueueTargets(
+                num_labels, self.args.cskd_queue_size, self.args.cskd_label_column, seed, self.args.device,
+                self.accelerator,
+            )  # fmt: skip
+        return PairTargets(self.args.cskd_label_column, num_labels, seed)
+
+    def _prepare_train_dataset(self) -> None:
+        if self.cskd_targets is not None:
+            self.train_dataset = self.cskd_targets.prepare_dataset(self.train_dataset)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
-        self.train_dataset = self._paired(self.train_dataset)  # also when set after __init__
+        self._prepare_train_dataset()  # also when the dataset was set after __init__
         return super().get_train_dataloader()
 
     def _set_signature_columns_if_needed(self) -> None:
-        # Keep `pair_*` columns when `remove_unused_columns=True` drops what the model does not take.
+        # Keep what the target source adds when `remove_unused_columns=True` drops what the model does not take.
         if self._signature_columns is None:
             super()._set_signature_columns_if_needed()
-            self._signature_columns += [PAIR_PREFIX + name for name in self._signature_columns]
+            if self.cskd_targets is not None:
+                self._signature_columns += self.cskd_targets.input_names(self._signature_columns)
 
     # ---- loss -------------------------------------------------------------------------------
 
@@ -153,21 +167,17 @@ class CSKDTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        pair_inputs = split_pair_inputs(inputs)
-        if not (pair_inputs and model.training):
+        extras = self.cskd_targets.pop_inputs(inputs) if self.cskd_targets is not None else {}
+        if self.cskd_targets is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+        labels = inputs.get("labels")  # before Trainer pops it for label smoothing
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
-        pair_inputs.pop("labels", None)
-        # The official semantics: same model, train mode (BatchNorm uses the pair half's batch
-        # statistics), no gradient, so the pair's prediction is a constant target.
-        with torch.no_grad():
-            pair_outputs = model(**pair_inputs)
-        pair_logits = pair_outputs["logits"] if isinstance(pair_outputs, dict) else pair_outputs[0]
-        kd = class_wise_kd_loss(logits, pair_logits, self.args.cskd_temperature, reduction="sum")
+        logits = model_logits(outputs)
+        targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
+        kd = class_wise_kd_loss(logits, targets, self.args.cskd_temperature, reduction="sum")
         kd = kd / self._kd_denominator(logits.shape[0], num_items_in_batch)
-        self._accumulate_for_logs(loss, kd, num_items_in_batch)
+        self._accumulate_for_logs(loss, kd, num_items_in_batch, stats)
         loss = loss + self.args.cskd_lambda * kd
         return (loss, outputs) if return_outputs else loss
 
@@ -198,22 +208,35 @@ class CSKDTrainer(Trainer):
     # ---- logs -------------------------------------------------------------------------------
 
     def _accumulate_for_logs(
-        self, ce: torch.Tensor, kd: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+        self,
+        ce: torch.Tensor,
+        kd: torch.Tensor,
+        num_items_in_batch: torch.Tensor | int | None,
+        stats: dict[str, torch.Tensor],
     ) -> None:
-        """Sum both terms in the units of `Trainer`'s logged `loss`, without a device sync."""
+        """Sum both terms in the units of `Trainer`'s logged `loss`, and the source's statistics, without a sync."""
         if not self._cskd_sums:
             self._cskd_first_step = self.state.global_step  # the optimizer step these sums start at
+            self._cskd_micro_steps = 0
         divisor = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else self.current_gradient_accumulation_steps
         for name, value in (("ce_loss", ce), ("cskd_loss", kd)):
             value = value.detach().float().mean() / divisor
             self._cskd_sums[name] = self._cskd_sums.get(name, 0) + value
+        for name, value in stats.items():
+            self._cskd_sums[name] = self._cskd_sums.get(name, 0) + value.detach().float()
+        self._cskd_micro_steps += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add `ce_loss` and `cskd_loss` (before λ) to each training log, averaged like `loss`."""
+        """Add `ce_loss`, `cskd_loss` (before λ) and the source's statistics to each training log.
+
+        The loss terms are averaged per optimizer step, like `loss`; statistics (e.g.
+        `cskd_queue_hit`) per micro-batch.
+        """
         if "loss" in logs and self._cskd_sums:
             steps = max(self.state.global_step - self._cskd_first_step, 1)
             for name, total in self._cskd_sums.items():
-                logs[name] = self.accelerator.reduce(total.detach(), reduction="mean").item() / steps
+                count = steps if name in ("ce_loss", "cskd_loss") else self._cskd_micro_steps
+                logs[name] = self.accelerator.reduce(total.detach(), reduction="mean").item() / count
             self._cskd_sums = {}
         super().log(logs, start_time)
 
@@ -222,6 +245,25 @@ class CSKDTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._reload_renamed_weights(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Save, beside the RNG states, what the target source needs to resume exactly (the queue)."""
+        super()._save_rng_state(output_dir)
+        state = self.cskd_targets.state_dict() if self.cskd_targets is not None else {}
+        if state and self.args.should_save:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(output_dir, TARGETS_NAME)
+            )
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None or self.cskd_targets is None or not self.cskd_targets.state_dict():
+            return
+        path = os.path.join(checkpoint, TARGETS_NAME)
+        if os.path.isfile(path):
+            self.cskd_targets.load_state_dict(load_file(path))
+        else:
+            logger.warning(f"{checkpoint} holds no {TARGETS_NAME}: the CS-KD queue restarts empty.")
 
     def _load_best_model(self) -> None:
         super()._load_best_model()

@@ -20,26 +20,32 @@ PAIR_PREFIX = "pair_"
 
 DEFAULT_LABEL_COLUMNS = ("label", "labels", "label_ids")
 
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
+def splitmix64(x: int) -> int:
     """A fast, well-mixed 64-bit hash (Steele et al.), so pairs need no shared RNG state."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
     return x ^ (x >> 31)
+
+
+def is_iterable(dataset: Any) -> bool:
+    """A stream (torch or `datasets` `IterableDataset`): no random access, no length."""
+    import datasets
+
+    return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
 
 
 def require_map_style(dataset: Any) -> None:
     """Class-wise pairs need random access by index: reject streaming datasets with the fix."""
-    import datasets
-
-    if isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset)):
+    if is_iterable(dataset):
         raise TypeError(
-            "CS-KD needs a map-style training set (random access by index) to find examples of the same "
-            "class; streaming/iterable datasets are not supported yet. Load the dataset without "
-            "`streaming=True`, or materialize it with `datasets.Dataset.from_generator`."
+            "CS-KD's paper mode needs a map-style training set (random access by index) to find examples of the "
+            "same class; streaming/iterable datasets are not supported in this mode yet. Use "
+            "`cskd_mode='queue'` (no pairs needed), load the dataset without `streaming=True`, or materialize "
+            "it with `datasets.Dataset.from_generator`."
         )
 
 
@@ -159,6 +165,25 @@ def validate_labels(labels: np.ndarray, label_column: str, num_labels: int | Non
     return labels
 
 
+def class_labels(
+    dataset: Any, label_column: str | None = None, num_labels: int | None = None, decode: bool = True
+) -> tuple[str, np.ndarray | None]:
+    """The label column of a map-style training set and its validated class indices.
+
+    With `decode=False`, labels that cannot be read without decoding every example (a torch
+    `Dataset` with no `targets` attribute) are not read: `None` is returned for them.
+    """
+    import datasets
+
+    if len(dataset) == 0:
+        raise ValueError("The training dataset is empty: CS-KD needs at least two examples of some class.")
+    column = _resolve_label_column(dataset, label_column)
+    _check_label_feature(dataset, column)
+    if not (decode or isinstance(dataset, datasets.Dataset) or hasattr(dataset, "targets")):
+        return column, None
+    return column, validate_labels(read_labels(dataset, column), column, num_labels)
+
+
 class ClassIndex:
     """Members of each class, built once in O(N log N) with numpy (well under 1 s for 1M labels)."""
 
@@ -176,7 +201,7 @@ class ClassIndex:
         size = int(self.counts[label])
         if size == 1:
             return index
-        draw = _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ epoch) ^ index)
+        draw = splitmix64(splitmix64(splitmix64(seed & MASK64) ^ epoch) ^ index)
         offset = (int(self.position[index]) + 1 + draw % (size - 1)) % size
         return int(self.order[self.starts[label] + offset])
 
@@ -206,18 +231,15 @@ class ClassPairedDataset(Dataset):
         seed: int = 0,
     ):
         require_map_style(dataset)
-        if len(dataset) == 0:
-            raise ValueError("The training dataset is empty: CS-KD needs at least two examples of some class.")
         if labels is None:
-            self.label_column = _resolve_label_column(dataset, label_column)
-            _check_label_feature(dataset, self.label_column)
-            raw = read_labels(dataset, self.label_column)
+            self.label_column, labels = class_labels(dataset, label_column, num_labels)
         else:
             self.label_column = label_column or "labels"
-            raw = np.asarray(labels)
-            if len(raw) != len(dataset):
-                raise ValueError(f"Got {len(raw)} labels for a dataset of {len(dataset)} examples.")
-        self.index = ClassIndex(validate_labels(raw, self.label_column, num_labels))
+            labels = np.asarray(labels)
+            if len(labels) != len(dataset):
+                raise ValueError(f"Got {len(labels)} labels for a dataset of {len(dataset)} examples.")
+            labels = validate_labels(labels, self.label_column, num_labels)
+        self.index = ClassIndex(labels)
         if self.index.counts.max() < 2:
             raise ValueError(
                 "No class has two examples, so no example can be paired with another of its class. CS-KD needs "

@@ -1,0 +1,203 @@
+"""Where CS-KD targets come from: the paper's class-wise pairs, or the class-wise queue.
+
+`CSKDTrainer` talks to one small interface, `TargetSource`: it lets the source prepare the
+training set, takes the source's extra inputs out of each batch before the model sees it, and
+asks for the target logits of the step's anchors. Neither source knows the trainer.
+"""
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import Dataset
+from transformers.utils import logging
+
+from .class_queue import NO_ID, ClassQueue
+from .collator import EXAMPLE_ID_KEY, split_pair_inputs
+from .pairing import PAIR_PREFIX, ClassPairedDataset, class_labels, is_iterable
+
+logger = logging.get_logger(__name__)
+
+
+def model_logits(outputs: Any) -> torch.Tensor:
+    """The logits of a model output (a `ModelOutput`/dict, or a tuple whose first entry is the loss or logits)."""
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    return outputs[1] if len(outputs) > 1 and outputs[0].ndim == 0 else outputs[0]
+
+
+class TargetSource(ABC):
+    """The interface between the trainer and a source of CS-KD targets."""
+
+    @abstractmethod
+    def input_names(self, model_input_names: list[str]) -> list[str]:
+        """Batch keys the source adds, which `remove_unused_columns` must keep."""
+
+    @abstractmethod
+    def prepare_dataset(self, dataset: Any) -> Any:
+        """The training set as this source needs it (called again if the trainer's dataset changes)."""
+
+    @abstractmethod
+    def pop_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Remove this source's entries from a batch, before the model's forward."""
+
+    @abstractmethod
+    def targets(
+        self, model: torch.nn.Module, extras: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Target logits for the anchors' `logits` (constants), and per-step statistics to log."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to resume exactly (nothing for pairs: they are a pure function)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class PairTargets(TargetSource):
+    """The paper's targets: a second forward, without gradient, of another example of each anchor's class.
+
+    The forward runs in the model's current (train) mode, as in the official code: BatchNorm
+    normalizes the pair half with its own batch statistics, dropout is active.
+    """
+
+    def __init__(self, label_column: str | None = None, num_labels: int | None = None, seed: int = 0):
+        self.label_column, self.num_labels, self.seed = label_column, num_labels, seed
+
+    def prepare_dataset(self, dataset: Any) -> Any:
+        if dataset is None or isinstance(dataset, ClassPairedDataset):
+            return dataset
+        return ClassPairedDataset(dataset, label_column=self.label_column, num_labels=self.num_labels, seed=self.seed)
+
+    def input_names(self, model_input_names: list[str]) -> list[str]:
+        return [PAIR_PREFIX + name for name in model_input_names]
+
+    def pop_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return split_pair_inputs(inputs)
+
+    def targets(self, model, extras, logits, labels):
+        if not extras:
+            raise ValueError(
+                "This training batch has no class-wise pairs (`pair_*` inputs). Train on a ClassPairedDataset with "
+                "a DataCollatorForClassPairs (CSKDTrainer sets both up unless the data loader is replaced)."
+            )
+        extras.pop("labels", None)
+        with torch.no_grad():
+            return model_logits(model(**extras)), {}
+
+
+class ExampleIdDataset(Dataset):
+    """A map-style dataset whose items also carry their row index (`cskd_example_id`); nothing else changes."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[index], EXAMPLE_ID_KEY: int(index)}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        fetch = getattr(self.dataset, "__getitems__", None)
+        examples = fetch(list(indices)) if fetch is not None else [self.dataset[i] for i in indices]
+        return [{**example, EXAMPLE_ID_KEY: int(i)} for example, i in zip(examples, indices)]
+
+    def __getattr__(self, name: str) -> Any:  # e.g. `column_names`, read by samplers and the recipes
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def gather_rows(accelerator: Accelerator | None, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], slice]:
+    """Concatenate per-process rows in process order (the last batches may differ in length).
+
+    Returns the gathered tensors and the slice of this process's rows in them.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        return list(tensors), slice(0, tensors[0].shape[0])
+    size = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = accelerator.gather(size).tolist()
+    longest = max(sizes)
+    padded = [torch.nn.functional.pad(t, (0, 0) * (t.ndim - 1) + (0, longest - t.shape[0])) for t in tensors]
+    gathered = [accelerator.gather(t.contiguous()) for t in padded]
+    keep = torch.cat([torch.arange(n, device=size.device) + rank * longest for rank, n in enumerate(sizes)])
+    start = sum(sizes[: accelerator.process_index])
+    return [t[keep] for t in gathered], slice(start, start + sizes[accelerator.process_index])
+
+
+class QueueTargets(TargetSource):
+    """Targets from a `ClassQueue`: one forward per step, the plain data path plus a row index.
+
+    Every process gathers the step's logits, labels and example ids from all processes, draws
+    targets for the whole global batch and pushes it in process order, so all processes hold the
+    same queue and draw as one process with the same global batch would. A training set without
+    random access (a stream) has no example ids: its anchors may then meet an earlier prediction
+    of their own example once the stream has come round.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        size: int = 8,
+        label_column: str | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        accelerator: Accelerator | None = None,
+    ):
+        self.queue = ClassQueue(num_labels, size, seed=seed, device=device)
+        self.label_column, self.accelerator = label_column, accelerator
+        self.labels_checked = False
+
+    def prepare_dataset(self, dataset: Any) -> Any:
+        if dataset is None or isinstance(dataset, ExampleIdDataset):
+            return dataset
+        if isinstance(dataset, ClassPairedDataset):
+            raise ValueError(
+                "cskd_mode='queue' takes the plain training set, not a ClassPairedDataset (pairs are the paper's "
+                "mode). Pass the dataset you wrapped, or use cskd_mode='pairs'."
+            )
+        if is_iterable(dataset):
+            logger.info("Queue mode on a stream: examples carry no ids; see QueueTargets.")
+            return dataset
+        _, labels = class_labels(dataset, self.label_column, self.queue.num_labels, decode=False)
+        self.labels_checked = labels is not None
+        return ExampleIdDataset(dataset)
+
+    def input_names(self, model_input_names: list[str]) -> list[str]:
+        return [EXAMPLE_ID_KEY]
+
+    def pop_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return {"ids": inputs.pop(EXAMPLE_ID_KEY)} if EXAMPLE_ID_KEY in inputs else {}
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """Labels not validated up front (streams, torch datasets): check them once here (one sync)."""
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.queue.num_labels:
+            raise ValueError(
+                f"A training batch has labels in [{low}, {high}], outside [0, {self.queue.num_labels}). Drop "
+                "unlabeled examples (e.g. label -1) or build the model with `num_labels` equal to the number of classes."
+            )
+
+    def targets(self, model, extras, logits, labels):
+        if labels is None or labels.ndim != 1 or labels.is_floating_point():
+            raise ValueError("Queue mode needs one integer class index per example under `labels`.")
+        if not self.labels_checked:
+            self._check_labels(labels)
+        ids = extras.get("ids")
+        if ids is None:
+            ids = torch.full_like(labels, NO_ID)
+        rows = torch.stack([labels.to(torch.int64), ids.to(labels.device, torch.int64)], dim=1)
+        (all_logits, all_rows), mine = gather_rows(self.accelerator, logits.detach().float(), rows)
+        targets, found = self.queue.draw_and_push(all_logits, all_rows[:, 0], all_rows[:, 1])
+        # Rows without a target get their own logits (a KD term of exactly 0): in this process's
+        # rows, those are the local logits, equal to the gathered ones.
+        return targets[mine], {"cskd_queue_hit": found[mine].float().mean()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.queue.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.queue.load_state_dict({k: v.to(self.queue.logits.device) for k, v in state.items()})

@@ -1,0 +1,241 @@
+"""Queue mode (`cskd_mode="queue"`): the class-wise queue of recent predictions."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_image_dataset, make_vit, training_args
+from safetensors.torch import load_file
+from test_trainer import grads, official_kd
+
+from hf_cskd import ClassPairedDataset, CSKDTrainer, class_wise_kd_loss
+from hf_cskd.class_queue import NO_ID, ClassQueue
+from hf_cskd.collator import EXAMPLE_ID_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(*values):
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def test_scripted_batches_match_a_hand_computed_queue():
+    queue = ClassQueue(num_labels=3, size=2, seed=0)
+    a = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    # Step 1: the queue is empty, so every anchor gets its own logits (a KD term of exactly 0).
+    targets, found = queue.draw_and_push(a, rows(0, 0, 1), rows(10, 11, 12))
+    assert not found.any() and torch.equal(targets, a)
+    assert class_wise_kd_loss(a, targets, 4.0).item() == 0.0
+    assert torch.equal(queue.logits[0], a[:2]) and torch.equal(queue.logits[1, 0], a[2])
+    assert queue.ids.tolist() == [[10, 11], [12, NO_ID], [NO_ID, NO_ID]] and queue.head.tolist() == [0, 1, 0]
+
+    # Step 2: example 10 may only meet example 11's entry; example 12 is alone in class 1 (its own
+    # entry is excluded); class 2 is empty.
+    b = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [5.0, 5.0, 5.0]])
+    targets, found = queue.draw_and_push(b, rows(0, 1, 2), rows(10, 12, 13))
+    assert found.tolist() == [True, False, False]
+    assert torch.equal(targets, torch.stack([a[1], b[1], b[2]]))
+    expected_loss = official_kd(b[:1], a[1:2], 4.0).item() / 3  # the two misses add 0 but count in the batch
+    assert class_wise_kd_loss(b, targets, 4.0).item() == pytest.approx(expected_loss, rel=1e-5)
+    # The ring buffer of class 0 wrapped: slot 0 now holds the new prediction of example 10.
+    assert queue.ids.tolist() == [[10, 11], [12, 12], [13, NO_ID]] and queue.head.tolist() == [1, 0, 1]
+    assert torch.equal(queue.logits[0, 0], b[0]) and torch.equal(queue.logits[1, 1], b[1])
+
+    # Step 3: three predictions of class 2 in one push with K = 2: the last two survive.
+    c = torch.arange(9, dtype=torch.float32).reshape(3, 3)
+    queue.draw_and_push(c, rows(2, 2, 2), rows(20, 21, 22))
+    # Class 2's head was at slot 1: 20 -> slot 1, 21 -> slot 0, 22 -> slot 1 (overwriting 20).
+    assert queue.ids[2].tolist() == [21, 22] and queue.head[2].item() == 0
+    assert torch.equal(queue.logits[2], c[1:])
+
+
+def test_draws_are_uniform_over_the_other_examples_of_the_class():
+    queue = ClassQueue(num_labels=2, size=4, seed=3)
+    queue.push(torch.eye(2).repeat(2, 1) * torch.arange(1, 5)[:, None], rows(0, 0, 0, 0), rows(1, 2, 3, 4))
+    counts = {}
+    for _ in range(600):
+        targets, found = queue.draw(torch.zeros(1, 2), rows(0), rows(2))
+        queue.calls += 1  # a new generator state, as draw_and_push would give
+        assert found.item()
+        counts[targets[0].sum().item()] = counts.get(targets[0].sum().item(), 0) + 1
+    assert sorted(counts) == [1.0, 3.0, 4.0]  # never example 2's own entry (value 2)
+    assert all(150 < n < 250 for n in counts.values())
+
+
+def test_unknown_ids_may_meet_any_entry_and_draws_are_reproducible():
+    def run(seed):
+        queue = ClassQueue(num_labels=2, size=3, seed=seed)
+        queue.push(torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), rows(1, 1, 1), rows(5, 6, 7))
+        return [queue.draw_and_push(torch.zeros(1, 2), rows(1), rows(NO_ID))[0] for _ in range(5)]
+
+    assert all(torch.equal(x, y) for x, y in zip(run(0), run(0)))
+    assert not all(torch.equal(x, y) for x, y in zip(run(0), run(1)))
+
+    queue = ClassQueue(num_labels=2, size=1)
+    queue.push(torch.ones(1, 2), rows(0), rows(NO_ID))
+    _, found = queue.draw(torch.zeros(1, 2), rows(0), rows(NO_ID))
+    assert found.item()  # without ids, an entry of unknown origin is usable
+
+
+def test_state_dict_round_trip_continues_identically():
+    queue = ClassQueue(num_labels=3, size=2, seed=1)
+    for step in range(3):
+        queue.draw_and_push(torch.randn(4, 3), torch.randint(0, 3, (4,)), torch.arange(4) + 4 * step)
+    copy = ClassQueue(num_labels=3, size=2, seed=1)
+    copy.load_state_dict(queue.state_dict())
+    logits, labels, ids = torch.randn(6, 3), torch.randint(0, 3, (6,)), torch.arange(6)
+    a, b = queue.draw_and_push(logits, labels, ids), copy.draw_and_push(logits, labels, ids)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="same cskd_queue_size"):
+        ClassQueue(num_labels=3, size=4).load_state_dict(queue.state_dict())
+
+
+def queue_trainer(tmp_path, model=None, data=None, **overrides):
+    args = training_args(tmp_path, cskd_mode="queue", **overrides)
+    return CSKDTrainer(model=model or make_vit(seed=1), args=args, train_dataset=data or make_image_dataset())
+
+
+def test_bad_configurations_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="cskd_mode must be one of \\['pairs', 'queue'\\], got 'queues'"):
+        training_args(tmp_path, cskd_mode="queues")
+    with pytest.raises(ValueError, match="cskd_queue_size must be an integer >= 1, got 0"):
+        training_args(tmp_path, cskd_mode="queue", cskd_queue_size=0)
+    with pytest.raises(ValueError, match=r"needs 3\.0 GiB .* Lower cskd_queue_size \(at most 5 fits\).*'pairs'"):
+        queue_trainer(tmp_path, model=make_vit(num_labels=10_000), cskd_queue_size=8)
+    with pytest.raises(ValueError, match="not a ClassPairedDataset"):
+        queue_trainer(tmp_path, data=ClassPairedDataset(make_image_dataset()))
+    labels_out_of_range = make_image_dataset(num_labels=4)
+    with pytest.raises(ValueError, match=r"fall outside \[0, 3\)"):
+        queue_trainer(tmp_path, data=labels_out_of_range)
+
+
+def count_forwards(model):
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(torch.is_grad_enabled()))
+    return calls
+
+
+def test_one_forward_per_step_in_queue_mode_two_in_pairs_mode(tmp_path):
+    for mode, expected in (("queue", [True]), ("pairs", [True, False])):
+        model = make_vit(seed=1)
+        trainer = CSKDTrainer(
+            model=model, args=training_args(tmp_path, cskd_mode=mode), train_dataset=make_image_dataset()
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert (EXAMPLE_ID_KEY in batch) == (mode == "queue") and ("pair_pixel_values" in batch) == (mode == "pairs")
+        calls = count_forwards(model)
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.training_step(model, dict(batch))
+        assert calls == expected, mode
+
+
+def test_queue_step_gradient_is_ce_plus_kd_to_constant_targets(tmp_path):
+    lam, temperature = 2.0, 3.0
+    model, reference = make_vit(seed=1), make_vit(seed=1)
+    data = make_image_dataset(per_class=8)
+    trainer = queue_trainer(
+        tmp_path, model=model, data=data, cskd_lambda=lam, cskd_temperature=temperature, per_device_train_batch_size=8
+    )
+    queue = trainer.cskd_targets.queue
+    # Fill the queue with predictions of examples 100.. (not in the batch): every anchor finds a target.
+    queue.push(torch.randn(6, 3) * 3, rows(0, 0, 1, 1, 2, 2), torch.arange(100, 106))
+    drawn = []
+    original = queue.draw
+    queue.draw = lambda *a: drawn.append(original(*a)) or drawn[-1]
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.current_gradient_accumulation_steps = 1
+    model.zero_grad()
+    trainer.training_step(model, dict(batch))
+    targets, found = drawn[0]
+    assert found.all() and not targets.requires_grad and not queue.logits.requires_grad
+
+    inputs = {k: v for k, v in batch.items() if k != EXAMPLE_ID_KEY}
+    logits = reference(pixel_values=inputs["pixel_values"]).logits
+    loss = F.cross_entropy(logits, inputs["labels"]) + lam * official_kd(logits, targets, temperature)
+    loss.backward()
+    ours, ref = grads(model), grads(reference)
+    assert ours.keys() == ref.keys() and ours
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+    # After the step the anchors' predictions are in the queue, with their example ids.
+    assert set(batch[EXAMPLE_ID_KEY].tolist()) <= set(queue.ids.flatten().tolist())
+    assert queue.calls == 1
+
+
+def test_trains_logs_hits_and_queue_is_saved_in_checkpoints(tmp_path):
+    trainer = queue_trainer(
+        tmp_path, data=make_image_dataset(per_class=10), num_train_epochs=2, save_strategy="steps", save_steps=5
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert logs[0]["cskd_queue_hit"] < 1.0 and logs[-1]["cskd_queue_hit"] == 1.0  # warm-up, then always a target
+    assert all(log["loss"] == pytest.approx(log["ce_loss"] + log["cskd_loss"], rel=1e-4) for log in logs)
+    assert any(log["cskd_loss"] > 0 for log in logs)
+    state = load_file(tmp_path / "out" / "checkpoint-5" / "cskd_targets.safetensors")
+    assert state["logits"].shape == (3, 8, 3) and state["calls"].item() == 5
+
+
+def test_resume_mid_epoch_gives_the_same_weights_and_queue(tmp_path):
+    data = make_image_dataset(per_class=10)
+    common = dict(num_train_epochs=3, save_strategy="steps", save_steps=10, cskd_queue_size=3)
+    full = queue_trainer(tmp_path / "full", model=make_vit(seed=4), data=data, **common)
+    full.train()
+    checkpoint = tmp_path / "full" / "out" / "checkpoint-10"  # inside the second epoch (8 steps per epoch)
+    resumed = queue_trainer(tmp_path / "resumed", model=make_vit(seed=5), data=data, **common)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for name, value in full.cskd_targets.state_dict().items():
+        torch.testing.assert_close(resumed.cskd_targets.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    expected = full.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_streams_train_without_example_ids(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            data = make_image_dataset(per_class=4)
+            yield from (data[i] for i in np.random.default_rng(0).permutation(len(data)))
+
+    trainer = queue_trainer(tmp_path, data=Stream(), max_steps=6, num_train_epochs=1)
+    assert trainer.train_dataset.__class__.__name__ == "Stream"  # nothing wrapped, no ids
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "cskd_queue_hit" in log]
+    assert len(logs) == 6 and logs[-1]["cskd_queue_hit"] == 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_hold_identical_queues_and_draw_like_one_process(tmp_path):
+    env = {**os.environ, "PROBE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(ROOT / "tests" / "scripts" / "queue_probe.py"), str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
+    steps = json.loads((tmp_path / "rank0.json").read_text())["steps"]
+    assert steps == 8
+    for name in ("logits", "ids", "filled", "head", "calls"):
+        assert torch.equal(ranks[0][f"queue.{name}"], ranks[1][f"queue.{name}"]), name
+    # The last batches are uneven (29 examples, 2 x 4 per step): rank 1's last batch has 1 example.
+    sizes = [[ranks[r][f"step{s}.labels"].numel() for s in range(steps)] for r in (0, 1)]
+    assert sizes[0][-1] == 4 and sizes[1][-1] == 1
+    # One process fed the same global batches (rank 0's rows, then rank 1's) draws the same targets
+    # and ends with the same queue.
+    single = ClassQueue(num_labels=3, size=4, seed=0)
+    for s in range(steps):
+        cat = [torch.cat([ranks[r][f"step{s}.{k}"] for r in (0, 1)]) for k in ("logits", "labels", "ids")]
+        targets, _ = single.draw_and_push(*cat)
+        torch.testing.assert_close(torch.cat([ranks[r][f"step{s}.targets"] for r in (0, 1)]), targets, rtol=0, atol=0)
+    for name, value in single.state_dict().items():
+        assert torch.equal(ranks[0][f"queue.{name}"], value), name
