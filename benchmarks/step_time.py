@@ -1,4 +1,4 @@
-"""Training-step time and peak memory: plain `Trainer` vs `CSKDTrainer` vs the hand-written floor.
+"""Training-step time and peak memory: plain `Trainer` vs `CSKDTrainer` (paper mode and queue mode) vs the floor.
 
 The floor is the official CS-KD step written by hand on the same model and batch: anchor forward
 with gradient, pair forward without gradient, CE + KD, backward, gradient clipping, AdamW step.
@@ -33,8 +33,10 @@ from transformers import (
 )
 
 from hf_cskd import CSKDConfig, CSKDTrainer, class_wise_kd_loss
+from hf_cskd.collator import EXAMPLE_ID_KEY
 
 BATCH, NUM_LABELS, IMAGE = 64, 10, 32
+KINDS = ("trainer", "cskd", "queue", "floor")
 
 
 def build_model(name: str) -> torch.nn.Module:
@@ -74,7 +76,8 @@ def trainer_steps(kind: str, model: torch.nn.Module, data: Dataset, steps: int, 
     if kind == "trainer":
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer])
     else:
-        trainer = CSKDTrainer(model=model, args=CSKDConfig(**common), train_dataset=data, callbacks=[timer])
+        args = CSKDConfig(**common, cskd_mode="queue" if kind == "queue" else "pairs")
+        trainer = CSKDTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
     trainer.train()
     return timer.times
 
@@ -122,20 +125,25 @@ def floor_steps(model: torch.nn.Module, data: Dataset, steps: int, device: str) 
 def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, list[float]]:
     """Each variant's step on the same fixed batch, alternating step by step (no data loading).
 
-    Three copies of the model, each with the default `Trainer` optimizer. Plain: `training_step`
+    Four copies of the model, each with the default `Trainer` optimizer. Plain: `training_step`
     on the batch without pairs (`CSKDTrainer.compute_loss` then defers to `Trainer.compute_loss`
     unchanged; one `Trainer` object serves both, as Accelerate's state is a per-process
-    singleton). CS-KD: `training_step` on the paired batch. Floor: written by hand. All three
+    singleton). CS-KD: `training_step` on the paired batch; queue: a queue-mode trainer's
+    `training_step` on the same anchors with their example ids. Floor: written by hand. All
     then clip gradients and step the optimizer. Alternating single steps cancels drift best.
     """
     args = CSKDConfig(output_dir="/tmp/hf_cskd_bench", per_device_train_batch_size=BATCH, report_to="none",
                       use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0)  # fmt: skip
-    models = {kind: build_model(model_name).to(device).train() for kind in ("trainer", "cskd", "floor")}
+    models = {kind: build_model(model_name).to(device).train() for kind in KINDS}
     optimizers = {kind: default_optimizer(model, device) for kind, model in models.items()}
     trainer = CSKDTrainer(model=models["cskd"], args=args, train_dataset=build_data(1))
     trainer.current_gradient_accumulation_steps = 1
     batch = next(iter(trainer.get_train_dataloader()))
     plain_batch = {k: v for k, v in batch.items() if not k.startswith("pair_")}
+    queue_args = CSKDConfig(**{**args.to_dict(), "cskd_mode": "queue"})
+    queue_trainer = CSKDTrainer(model=models["queue"], args=queue_args, train_dataset=build_data(1))
+    queue_trainer.current_gradient_accumulation_steps = 1
+    queue_batch = {**plain_batch, EXAMPLE_ID_KEY: torch.arange(BATCH, device=plain_batch["labels"].device)}
 
     def trainer_step(kind: str) -> None:
         trainer.training_step(models[kind], dict(batch if kind == "cskd" else plain_batch))
@@ -146,6 +154,7 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
     steps_by_kind = {
         "trainer": lambda: trainer_step("trainer"),
         "cskd": lambda: trainer_step("cskd"),
+        "queue": lambda: queue_trainer.training_step(models["queue"], dict(queue_batch)),
         "floor": floor_step,
     }
     times = {kind: [] for kind in steps_by_kind}
@@ -212,7 +221,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip_memory", action="store_true")
     args = parser.parse_args()
-    kinds = ("trainer", "cskd", "floor")
+    kinds = KINDS
     results = {}
     for model_name in ["vit", "cnn"] if args.model == "all" else [args.model]:
         times = {kind: [] for kind in kinds}
@@ -233,33 +242,38 @@ def main() -> None:
             "cskd_vs_trainer": round(median["cskd"] / median["trainer"], 3),
             "floor_vs_trainer": round(median["floor"] / median["trainer"], 3),
             "cskd_vs_floor": round(median["cskd"] / median["floor"], 3),
+            "queue_vs_trainer": round(median["queue"] / median["trainer"], 3),
             **{f"alternating_{kind}_step_s": round(alt[kind], 4) for kind in kinds},
             "alternating_cskd_vs_trainer": round(alt["cskd"] / alt["trainer"], 3),
             "alternating_floor_vs_trainer": round(alt["floor"] / alt["trainer"], 3),
             "alternating_cskd_vs_floor": round(alt["cskd"] / alt["floor"], 3),
+            "alternating_queue_vs_trainer": round(alt["queue"] / alt["trainer"], 3),
         }
         if not args.skip_memory:
             memory = {kind: peak_memory(kind, model_name, args.steps, args.device) for kind in kinds}
             row.update({f"{kind}_peak_mib": round(memory[kind], 1) for kind in kinds})
             row["cskd_vs_trainer_memory"] = round(memory["cskd"] / memory["trainer"], 3)
+            row["queue_vs_trainer_memory"] = round(memory["queue"] / memory["trainer"], 3)
         results[model_name] = row
         print(f"\n{model_name}: step time (median of {row['measured_steps']} steps) on {args.device}, batch {BATCH}")
-        print(
-            f"  plain Trainer {median['trainer']:.4f}s | CSKDTrainer {median['cskd']:.4f}s | floor {median['floor']:.4f}s"
-        )
+        print(f"  plain Trainer {median['trainer']:.4f}s | CSKDTrainer {median['cskd']:.4f}s | queue mode "
+              f"{median['queue']:.4f}s | floor {median['floor']:.4f}s")  # fmt: skip
         print(f"  CSKDTrainer / Trainer = {row['cskd_vs_trainer']:.3f}   floor / Trainer = {row['floor_vs_trainer']:.3f}"
-              f"   CSKDTrainer / floor = {row['cskd_vs_floor']:.3f}")  # fmt: skip
+              f"   CSKDTrainer / floor = {row['cskd_vs_floor']:.3f}   queue / Trainer = {row['queue_vs_trainer']:.3f}")  # fmt: skip
         print(
             f"  same batch, variants alternating step by step ({len(alternating['cskd'])} steps each): "
-            f"Trainer {alt['trainer']:.4f}s | CSKDTrainer {alt['cskd']:.4f}s | floor {alt['floor']:.4f}s"
+            f"Trainer {alt['trainer']:.4f}s | CSKDTrainer {alt['cskd']:.4f}s | queue {alt['queue']:.4f}s | "
+            f"floor {alt['floor']:.4f}s"
         )
         print(
             f"  CSKDTrainer / Trainer = {row['alternating_cskd_vs_trainer']:.3f}   floor / Trainer = "
             f"{row['alternating_floor_vs_trainer']:.3f}   CSKDTrainer / floor = {row['alternating_cskd_vs_floor']:.3f}"
+            f"   queue / Trainer = {row['alternating_queue_vs_trainer']:.3f}"
         )
         if not args.skip_memory:
             print(f"  peak memory growth MiB: Trainer {row['trainer_peak_mib']} | CSKDTrainer {row['cskd_peak_mib']} | "
-                  f"floor {row['floor_peak_mib']}   CSKDTrainer / Trainer = {row['cskd_vs_trainer_memory']:.3f}")  # fmt: skip
+                  f"queue {row['queue_peak_mib']} | floor {row['floor_peak_mib']}   CSKDTrainer / Trainer = "
+                  f"{row['cskd_vs_trainer_memory']:.3f}   queue / Trainer = {row['queue_vs_trainer_memory']:.3f}")  # fmt: skip
         print("JSON " + json.dumps(row))
 
 

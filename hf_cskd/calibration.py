@@ -63,10 +63,11 @@ def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS)
 
 
 def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, float]:
-    """Top-1 accuracy, ECE and MCE (equal-width bins), NLL and the multi-class Brier score.
+    """Top-1 accuracy, ECE and MCE (equal-width bins), NLL, the multi-class Brier score, mean confidence.
 
     ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|; MCE = max over non-empty bins of the gap.
-    Brier = mean over examples of Σ_k (p_k − 1[k = y])² (range [0, 2]).
+    Brier = mean over examples of Σ_k (p_k − 1[k = y])² (range [0, 2]). `confidence` is the mean
+    top-1 probability: above `accuracy`, the model is over-confident on average; below, under-confident.
     """
     logits, labels = _as_numpy(logits, labels)
     log_probs = log_softmax(logits)
@@ -81,6 +82,7 @@ def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BI
         "mce": float(gaps.max()),
         "nll": float(-log_probs[np.arange(labels.size), labels].mean()),
         "brier": float(((probs - one_hot) ** 2).sum(axis=1).mean()),
+        "confidence": float(probs.max(axis=1).mean()),
     }
 
 
@@ -98,10 +100,26 @@ def make_compute_metrics(num_bins: int = DEFAULT_NUM_BINS) -> Callable[[Any], di
 compute_metrics = make_compute_metrics()
 
 
+def reliability_gaps(bins: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the reliability diagram draws per bin: accuracy, and the gap to the mean confidence.
+
+    `over` is the part of the gap where confidence exceeds accuracy (over-confidence), `under`
+    where accuracy exceeds confidence (under-confidence); each is 0 elsewhere and in empty bins.
+    """
+    filled = bins["counts"] > 0
+    accuracy = np.where(filled, np.nan_to_num(bins["accuracy"]), 0.0)
+    gap = np.where(filled, np.nan_to_num(bins["confidence"]) - accuracy, 0.0)
+    return {"accuracy": accuracy, "over": np.clip(gap, 0, None), "under": np.clip(-gap, 0, None)}
+
+
 def plot_reliability_diagram(
     logits: Any, labels: Any, path: str | Path, num_bins: int = DEFAULT_NUM_BINS, title: str = "Reliability diagram"
 ) -> Path:
-    """Save a PNG: accuracy per confidence bin against the diagonal, above a confidence histogram."""
+    """Save a PNG: accuracy per confidence bin against the diagonal, above a confidence histogram.
+
+    Over-confident bins (confidence above accuracy) show their gap in red above the accuracy bar;
+    under-confident bins (accuracy above confidence) show it in blue, from the confidence up.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,27 +127,25 @@ def plot_reliability_diagram(
 
     bins = reliability_bins(logits, labels, num_bins)
     metrics = calibration_metrics(logits, labels, num_bins)
+    bars = reliability_gaps(bins)
     edges, width = bins["edges"][:-1], 1.0 / num_bins
     figure, (top, bottom) = plt.subplots(
         2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
     )
-    accuracy = np.nan_to_num(bins["accuracy"])
-    confidence = np.where(bins["counts"] > 0, bins["confidence"], accuracy)  # empty bins: no gap drawn
-    top.bar(edges, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(edges, bars["accuracy"], width=width, align="edge", edgecolor="black", color="tab:gray", label="accuracy")
+    gap_style = {"width": width, "align": "edge", "alpha": 0.45, "hatch": "//", "edgecolor": "black"}
+    top.bar(edges, bars["over"], bottom=bars["accuracy"], color="tab:red", label="over-confident gap", **gap_style)
     top.bar(
-        edges,
-        confidence - accuracy,
-        bottom=accuracy,
-        width=width,
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        hatch="//",
-        label="gap",
-    )
+        edges, bars["under"], bottom=bars["accuracy"] - bars["under"], color="tab:blue", label="under-confident gap",
+        **gap_style,
+    )  # fmt: skip
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    top.set_title(f"{title}\nECE {100 * metrics['ece']:.2f}%  accuracy {100 * metrics['accuracy']:.2f}%")
+    top.set_title(
+        f"{title}\nECE {100 * metrics['ece']:.2f}%  accuracy {100 * metrics['accuracy']:.2f}%  "
+        f"mean confidence {100 * metrics['confidence']:.2f}%",
+        fontsize=9,
+    )
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(edges, bins["counts"] / bins["counts"].sum(), width=width, align="edge", edgecolor="black")
     bottom.set(xlabel="confidence", ylabel="fraction")

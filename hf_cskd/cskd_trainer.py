@@ -19,7 +19,7 @@ from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig
 from .hub import hub_permission_error
 from .losses import class_wise_kd_loss
-from .model_card import build_model_card, card_hyperparameters
+from .model_card import METRICS, build_model_card, card_hyperparameters, task_of
 from .pairing import ClassPairedDataset, require_map_style
 from .targets import PairTargets, QueueTargets, TargetSource, model_logits
 from .temperature_scaling import bake_temperature, fit_temperature
@@ -333,9 +333,11 @@ class CSKDTrainer(Trainer):
         return temperature
 
     def _latest_eval_metrics(self) -> dict[str, float]:
+        """The metrics of the latest evaluation (accuracy and loss at least, when that is all there is)."""
         for log in reversed(self.state.log_history):
-            if "eval_accuracy" in log and "eval_nll" in log:
-                return {k[len("eval_") :]: v for k, v in log.items() if k.startswith("eval_")}
+            metrics = {k[len("eval_") :]: v for k, v in log.items() if k.startswith("eval_")}
+            if {"accuracy", "loss"} & set(metrics):
+                return {k: v for k, v in metrics.items() if k in METRICS or k == "confidence"}
         return {}
 
     def create_model_card(
@@ -356,37 +358,43 @@ class CSKDTrainer(Trainer):
     ) -> None:
         """Write the CS-KD model card (`README.md`) to `output_dir`, as `push_to_hub` expects.
 
-        `results` maps a row label to metrics (accuracy, ece, nll, ...); by default the latest
-        evaluation with calibration metrics. Extra arguments of `push_to_hub` arrive here.
+        Same arguments as `Trainer.create_model_card` (`tasks` sets the card's task, else the model
+        class does), plus `results`: a row label -> metrics (accuracy, ece, nll, loss, ...), by
+        default the latest evaluation. Extra arguments of `push_to_hub` arrive here.
         """
         if not self.is_world_process_zero():
             return
-        config = self.accelerator.unwrap_model(self.model).config
+        model = self.accelerator.unwrap_model(self.model)
+        config = model.config
         if finetuned_from is None:
-            name = getattr(config, "_name_or_path", "") or ""
-            finetuned_from = name if name and not os.path.isdir(name) else None
+            finetuned_from = getattr(config, "_name_or_path", None)
         if results is None:
             latest = self._latest_eval_metrics()
             results = {"CS-KD" if self.args.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}
         # As in Trainer: `dataset` is the name shown, `dataset_tags` the Hub id(s) for the metadata.
         dataset_name = dataset[0] if isinstance(dataset, list) else dataset
         dataset_id = dataset_tags[0] if isinstance(dataset_tags, list) else dataset_tags
+        model_name = model_name or os.path.basename(os.path.abspath(self.args.output_dir))
         card = build_model_card(
-            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            model_name=model_name,
             results=results,
             dataset_name=dataset_name or dataset_id or "the training data",
             dataset_id=dataset_id,
             eval_split=eval_split,
-            cskd_temperature=self.args.cskd_temperature,
-            cskd_lambda=self.args.cskd_lambda,
+            cskd={
+                "lambda": self.args.cskd_lambda,
+                "temperature": self.args.cskd_temperature,
+                "mode": self.args.cskd_mode,
+                "queue_size": self.args.cskd_queue_size,
+            },
             num_labels=config.num_labels,
+            task=task_of(model, tasks),
             hyperparameters=card_hyperparameters(self.args),
             base_model=finetuned_from,
-            calibration_temperature=(self.calibration or {}).get("temperature"),
-            calibration_split=(self.calibration or {}).get("split", "validation"),
+            calibration=self.calibration,
             reliability_diagram=reliability_diagram,
             num_bins=num_bins,
-            repo_id=self.hub_model_id or model_name,
+            repo_id=self.hub_model_id if self.args.push_to_hub else None,
             license=license,
             language=language,
             tags=[tags] if isinstance(tags, str) else tags,

@@ -65,13 +65,15 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
     layers = find_classifier_layers(model)
     was_training = model.training
     model.eval()
-    before = model(**example_inputs).logits if example_inputs is not None else None
+    # Under fp16/bf16, Accelerate wraps `forward` in autocast: check in full precision, on the original.
+    forward = getattr(model, "_original_forward", model.forward)
+    before = forward(**example_inputs).logits if example_inputs is not None else None
     for layer in layers:
         layer.weight.div_(temperature)
         if layer.bias is not None:
             layer.bias.div_(temperature)
     if before is not None:
-        after = model(**example_inputs).logits
+        after = forward(**example_inputs).logits
         if not torch.allclose(after, before / temperature, rtol=1e-4, atol=1e-5):
             for layer in layers:
                 layer.weight.mul_(temperature)

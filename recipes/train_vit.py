@@ -4,7 +4,7 @@
     accelerate launch recipes/train_vit.py                       # offline default: ViT on digits
     accelerate launch recipes/train_vit.py --cskd_lambda 0       # the cross-entropy baseline
     accelerate launch recipes/train_vit.py --model_name_or_path google/vit-base-patch16-224-in21k \\
-        --dataset_name beans --output_dir outputs/vit-beans --learning_rate 5e-5 --calibrate
+        --dataset_name beans --output_dir outputs/vit-beans --learning_rate 5e-5
 
 Every `TrainingArguments` flag works, plus `--cskd_temperature` / `--cskd_lambda`; a single
 `.json` or `.yaml` file of the same arguments works too. With no dataset flag the job trains on
@@ -106,8 +106,11 @@ class DataArguments:
     crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest area fraction of the random crops."})
     horizontal_flip: bool = field(default=True, metadata={"help": "Randomly flip training images horizontally."})
     calibrate: bool = field(
-        default=False,
-        metadata={"help": "Fit a temperature on the validation split and bake it into the checkpoint's head."},
+        default=True,
+        metadata={
+            "help": "Fit a temperature on the validation split and bake it into the checkpoint's head (on by "
+            "default; --no_calibrate turns it off)."
+        },
     )
     num_bins: int = field(default=15, metadata={"help": "Confidence bins of ECE/MCE and the reliability diagram."})
     baseline_metrics: str | None = field(
@@ -177,6 +180,17 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
     return raw
 
 
+def check_model_path(name: str) -> None:
+    """A missing local folder is reported as such, not as a malformed Hub id or a failed download."""
+    if os.path.exists(name):
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(
+            f"--model_name_or_path {name}: no such folder. Pass an existing local checkpoint folder (with "
+            "config.json) or a Hub model id such as google/vit-base-patch16-224-in21k."
+        )
+
+
 def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
@@ -189,8 +203,15 @@ def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
         processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
         return ViTForImageClassification(config), processor
 
+    check_model_path(model_args.model_name_or_path)
     common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    base = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
+    try:
+        base = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
+    except OSError as error:
+        raise OSError(
+            f"Could not load {model_args.model_name_or_path!r} as a Hub model id (and no such local folder exists): "
+            f"{error}"
+        ) from error
     has_head = bool(getattr(base, "architectures", None)) and any(
         "ForImageClassification" in a for a in base.architectures
     )
@@ -220,7 +241,7 @@ def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
 
 def method_name(training_args: CSKDConfig) -> str:
     if training_args.cskd_lambda > 0:
-        return "CS-KD"
+        return "CS-KD" if training_args.cskd_mode == "pairs" else "CS-KD (queue)"
     if training_args.label_smoothing_factor > 0:
         return f"label smoothing {training_args.label_smoothing_factor}"
     return "cross-entropy"
@@ -228,6 +249,30 @@ def method_name(training_args: CSKDConfig) -> str:
 
 def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
+
+
+def baseline_rows(path: str) -> dict[str, dict[str, float]]:
+    """Rows of a baseline run's test_results.json: raw, and after temperature scaling when it was calibrated."""
+    baseline = json.loads(Path(path).read_text())
+    prefix = next((p for p in ("test", "validation", "eval") if f"{p}_accuracy" in baseline), None)
+    if prefix is None:
+        raise ValueError(
+            f"--baseline_metrics {path}: no test_/validation_/eval_accuracy in it; pass a test_results.json."
+        )
+    name, metrics = baseline.get("method", "cross-entropy"), strip_prefix(baseline, prefix)
+    if "temperature" not in baseline:
+        return {f"baseline ({name})": metrics}
+    return {
+        f"baseline ({name})": strip_prefix(metrics, "raw"),
+        f"baseline ({name} + temperature scaling)": {k: v for k, v in metrics.items() if not k.startswith("raw_")},
+    }
+
+
+def summary_table(results: dict[str, dict[str, float]], split: str) -> str:
+    lines = [f"{'':<52} {'accuracy':>9} {'ECE':>8} {'NLL':>8}   ({split} split)"]
+    for row, m in results.items():
+        lines.append(f"{row:<52} {100 * m['accuracy']:>8.2f}% {100 * m['ece']:>7.2f}% {m['nll']:>8.4f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> CSKDTrainer:
@@ -278,16 +323,15 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     final, final_logits = prediction.metrics, prediction.predictions
     if data_args.calibrate:
         temperature = trainer.calibrate(validation, split_name="validation")
+        raw = {f"{report_split}_raw_{k}": v for k, v in results[method].items()}
         prediction = trainer.predict(report_data, metric_key_prefix=report_split)
         results[f"{method} + temperature scaling (T = {temperature:.3f})"] = strip_prefix(
             prediction.metrics, report_split
         )
-        final = {**prediction.metrics, "temperature": temperature}
+        final = {**prediction.metrics, **raw, "temperature": temperature}
         final_logits = prediction.predictions
     if data_args.baseline_metrics is not None:
-        baseline = json.loads(Path(data_args.baseline_metrics).read_text())
-        prefix = next(p for p in ("test", "validation", "eval") if f"{p}_accuracy" in baseline)
-        results["baseline (" + baseline.get("method", "cross-entropy") + ")"] = strip_prefix(baseline, prefix)
+        results.update(baseline_rows(data_args.baseline_metrics))
     final["method"] = method
     trainer.log_metrics(report_split, final)
     trainer.save_metrics(report_split, final)
@@ -302,6 +346,7 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
         "dataset_tags": data_args.dataset_name,
     }
     if trainer.is_world_process_zero():
+        print("\n" + summary_table(results, report_split) + "\n")
         title = f"{method}{' + temperature scaling' if data_args.calibrate else ''} ({report_split})"
         plot_reliability_diagram(
             final_logits, prediction.label_ids, Path(training_args.output_dir) / card["reliability_diagram"],

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_image_dataset, make_vit, training_args
 from safetensors.torch import load_file
+from test_recipe import free_port
 from test_trainer import grads, official_kd
 
 from hf_cskd import ClassPairedDataset, CSKDTrainer, class_wise_kd_loss
@@ -208,12 +208,6 @@ def test_streams_train_without_example_ids(tmp_path):
     trainer.train()
     logs = [log for log in trainer.state.log_history if "cskd_queue_hit" in log]
     assert len(logs) == 6 and logs[-1]["cskd_queue_hit"] == 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_hold_identical_queues_and_draw_like_one_process(tmp_path):

@@ -1,6 +1,7 @@
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,18 @@ import train_vit  # noqa: E402
 FAST = ["--max_steps", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples", "64"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(tmp_path, *flags):
     return train_vit.main([*FAST, "--output_dir", str(tmp_path / "out"), *flags])
 
 
-def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path):
-    trainer = run(tmp_path, "--calibrate")
+def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path, capsys):
+    trainer = run(tmp_path)  # calibrated by default
     out = tmp_path / "out"
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "reliability_diagram.png",
                  "test_results.json", "calibration.json", "training_args.json"):  # fmt: skip
@@ -35,6 +42,13 @@ def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path):
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickles
     results = json.loads((out / "test_results.json").read_text())
     assert {"test_accuracy", "test_ece", "test_nll", "temperature"} <= set(results)
+    assert {"test_raw_accuracy", "test_raw_ece", "test_raw_nll"} <= set(results)  # before temperature scaling
+    assert results["test_raw_accuracy"] == results["test_accuracy"]  # scaling never changes a prediction
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["temperature"] == pytest.approx(results["temperature"]) and calibration["split"] == "validation"
+    summary = capsys.readouterr().out
+    assert f"CS-KD + temperature scaling (T = {results['temperature']:.3f})" in summary
+    assert f"{100 * results['test_raw_ece']:.2f}%" in summary and f"{results['test_nll']:.4f}" in summary
 
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     processor = AutoImageProcessor.from_pretrained(out)
@@ -48,6 +62,30 @@ def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path):
         torch.testing.assert_close(model(**inputs).logits, trained(**inputs).logits)
 
 
+def test_no_calibrate_writes_no_temperature(tmp_path):
+    run(tmp_path, "--no_calibrate")
+    out = tmp_path / "out"
+    assert not (out / "calibration.json").exists()
+    assert "calibration_temperature" not in json.loads((out / "config.json").read_text())
+    results = json.loads((out / "test_results.json").read_text())
+    assert "temperature" not in results and not any(key.startswith("test_raw_") for key in results)
+    assert "temperature scaling" not in (out / "README.md").read_text().split("## How to use")[0]
+
+
+def test_baseline_rows_and_a_missing_model_folder(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"test_accuracy": 0.9, "test_ece": 0.02, "test_nll": 0.3, "test_raw_accuracy": 0.9,
+                                    "test_raw_ece": 0.05, "test_raw_nll": 0.35, "temperature": 1.2,
+                                    "method": "cross-entropy"}))  # fmt: skip
+    rows = train_vit.baseline_rows(str(baseline))
+    assert rows["baseline (cross-entropy)"]["ece"] == 0.05
+    assert rows["baseline (cross-entropy + temperature scaling)"]["ece"] == 0.02
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        run(tmp_path, "--model_name_or_path", str(tmp_path / "not_there"))
+    with pytest.raises(OSError, match="no such local folder exists"):
+        run(tmp_path, "--model_name_or_path", "not_there/either")
+
+
 def test_two_processes(tmp_path):
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
@@ -57,6 +95,7 @@ def test_two_processes(tmp_path):
         str(ROOT / "tests" / "scripts" / "ddp_probe.py"), *FAST, "--output_dir", str(tmp_path / "out"),
         "--ddp_find_unused_parameters", "false",
     ]  # fmt: skip
+    command[command.index("29517")] = str(free_port())
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "rank 0: world_size=2 is_main=True" in done.stdout
@@ -93,7 +132,7 @@ def test_bf16_on_cpu_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hf_cskd.cskd_trainer, "class_wise_kd_loss", spy)
     monkeypatch.setattr(ViTForImageClassification, "forward", forward_spy)
-    trainer = run(tmp_path, "--bf16", "--use_cpu", "--logging_steps", "1")
+    trainer = run(tmp_path, "--bf16", "--use_cpu", "--logging_steps", "1", "--no_calibrate")
     assert seen and all(out == torch.float32 for _, out in seen)
     assert forwards and all(forwards)  # anchor and pair forwards really ran under bf16 autocast
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -188,3 +227,10 @@ def test_accelerate_configs_load(name, distributed_type, precision):
     assert str(config.distributed_type).endswith(distributed_type) and config.mixed_precision == precision
     if name == "fsdp":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # save_model writes safetensors
+
+
+def test_bf16_run_is_calibrated(tmp_path):
+    # Accelerate wraps forward in bf16 autocast; baking the temperature must still be checked exactly.
+    run(tmp_path, "--bf16", "--use_cpu")
+    results = json.loads((tmp_path / "out" / "test_results.json").read_text())
+    assert results["temperature"] > 0 and (tmp_path / "out" / "calibration.json").is_file()

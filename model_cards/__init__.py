@@ -1,0 +1,1 @@
+"""The model card template, shipped in the wheel as `hf_cskd.model_cards`."""
