@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -105,6 +106,7 @@ class CSKDTrainer(Trainer):
         self._cskd_sums: dict[str, torch.Tensor] = {}
         self._cskd_micro_steps = 0
         self._cskd_first_step = 0
+        self._normalizes_by_count: bool | None = None  # found out at a training step
         self.calibration: dict[str, Any] | None = None  # set by `calibrate()`
 
     # ---- data -------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class CSKDTrainer(Trainer):
         logits = model_logits(outputs)
         targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
         kd = class_wise_kd_loss(logits, targets, self.args.cskd_temperature, reduction="sum")
-        kd = kd / self._kd_denominator(logits.shape[0], num_items_in_batch)
+        kd = kd / self._kd_denominator(loss, logits, labels, num_items_in_batch)
         self._accumulate_for_logs(loss, kd, num_items_in_batch, stats)
         loss = loss + self.args.cskd_lambda * kd
         return (loss, outputs) if return_outputs else loss
@@ -187,23 +189,65 @@ class CSKDTrainer(Trainer):
             return self.loss_is_scaled_for_ga
         return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
-    def _kd_denominator(self, batch_size: int, num_items_in_batch: torch.Tensor | int | None) -> Any:
-        """Normalize the summed KD term exactly as `Trainer` normalizes the model's own loss.
+    def _loss_scale(self) -> int:
+        """What `Trainer.compute_loss` multiplies the loss by under `average_tokens_across_devices`."""
+        if not self.args.average_tokens_across_devices:
+            return 1
+        return self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
+
+    def _model_normalizes_by_count(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, num_items_in_batch: Any
+    ) -> bool:
+        """Whether the model's own loss divides by `num_items_in_batch`, as `Trainer` assumes when it passes it.
+
+        Some models take loss kwargs but ignore the count (BERT in transformers 5.24 returns a
+        per-micro-batch mean): `Trainer` then sums those means over the accumulation steps. Found out
+        once, by comparing the model's loss with the cross-entropy of its logits normalized both
+        ways, at the first step where the two differ (never, without accumulation on one process).
+        """
+        if self._normalizes_by_count is not None:
+            return self._normalizes_by_count
+        from_model = self.label_smoother is None and self.compute_loss_func is None and self.model_accepts_loss_kwargs
+        if not from_model or labels is None or labels.ndim != 1 or labels.is_floating_point():
+            return True  # Trainer's label smoother and `compute_loss_func` receive and honour the count
+        if self.current_gradient_accumulation_steps == 1 and self._loss_scale() == 1:
+            return True  # the count is this micro-batch's: both normalizations agree
+        with torch.no_grad():
+            total = F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=-100)
+            count = (labels != -100).sum()
+            model_loss = loss.detach().float() / self._loss_scale()
+            by_count, by_mean = total / num_items_in_batch, total / count
+            if torch.isclose(by_count, by_mean, rtol=1e-3):
+                return True
+            self._normalizes_by_count = bool((model_loss - by_count).abs() <= (model_loss - by_mean).abs())
+        if not self._normalizes_by_count:
+            logger.warning(
+                f"{type(self.accelerator.unwrap_model(self.model)).__name__}'s loss ignores `num_items_in_batch` (a "
+                "per-micro-batch mean), so Trainer sums it over the gradient-accumulation steps. The CS-KD term is "
+                "normalized the same way, so λ weighs it against the cross-entropy as without accumulation."
+            )
+        return self._normalizes_by_count
+
+    def _kd_denominator(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, num_items_in_batch: Any
+    ) -> Any:
+        """Normalize the summed KD term exactly as the model's own loss is, so λ means the same at any GA.
 
         Without `num_items_in_batch` the model's loss is a per-batch mean that `training_step`
         divides by the gradient-accumulation steps, so the KD term is a batch mean too. With it,
         the model divides its summed loss by the examples of the whole accumulated (and, with
         `average_tokens_across_devices`, all-rank) batch, and `compute_loss` multiplies by the
-        number of processes; the KD term gets the same treatment.
+        number of processes; the KD term gets the same treatment. A model that ignores the count
+        returns a micro-batch mean that `Trainer` does not divide: the KD term is a micro-batch mean.
         """
+        batch_size = logits.shape[0]
         if not self._loss_is_scaled_for_ga(num_items_in_batch):
             return batch_size
         if num_items_in_batch is None:
             return batch_size * self.current_gradient_accumulation_steps
-        if self.args.average_tokens_across_devices:
-            scale = self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
-            return num_items_in_batch / scale
-        return num_items_in_batch
+        if not self._model_normalizes_by_count(loss, logits, labels, num_items_in_batch):
+            return batch_size / self._loss_scale()
+        return num_items_in_batch / self._loss_scale()
 
     # ---- logs -------------------------------------------------------------------------------
 

@@ -6,15 +6,26 @@ weight and bias by T makes the saved checkpoint calibrated for every plain `from
 or `pipeline` user, with no custom code.
 """
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The range `fit_temperature` searches. A fit on a bound means the held-out data cannot support a
+temperature (too few examples, random or wrong labels): real classifiers land well inside."""
 
-def fit_temperature(logits: Any, labels: Any, max_iter: int = 100) -> float:
-    """The T > 0 that minimizes the NLL of `softmax(logits / T)` on held-out data."""
+
+def fit_temperature(
+    logits: Any, labels: Any, max_iter: int = 100, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> float:
+    """The T in `bounds` that minimizes the NLL of `softmax(logits / T)` on held-out data.
+
+    The NLL is unimodal in 1/T, so the unconstrained minimum clipped to the bounds is the
+    constrained one. Landing on a bound warns: the fitted T is then not to be trusted.
+    """
     logits = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
@@ -27,7 +38,17 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 100) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    fitted = float(log_t.detach().exp())
+    low, high = bounds
+    temperature = min(max(fitted, low), high)
+    if not low < fitted < high:
+        warnings.warn(
+            f"The fitted temperature reached the bound {temperature:g} (search range [{low:g}, {high:g}]): the held-out "
+            f"data ({len(labels)} examples) cannot support a temperature. Check that its labels are right and that "
+            "it holds enough examples (a few hundred), then fit again.",
+            stacklevel=2,
+        )
+    return temperature
 
 
 def find_classifier_layers(model: nn.Module) -> list[nn.Linear]:

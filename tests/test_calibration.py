@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import evaluate
 import numpy as np
@@ -85,6 +86,19 @@ def test_temperature_scaling_lowers_nll_on_held_out_data():
     after = calibration_metrics(test_logits / temperature, test_labels)
     assert after["nll"] < before["nll"] - 0.05 and after["ece"] < before["ece"]
     assert after["accuracy"] == before["accuracy"]
+
+
+def test_temperature_fit_is_bounded_and_warns_on_a_bound():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(400, 10)) * 5, rng.integers(0, 10, 400)  # labels unrelated to the logits
+    with pytest.warns(UserWarning, match=r"reached the bound 20 .*400 examples"):
+        assert fit_temperature(logits, labels) == 20.0
+    with pytest.warns(UserWarning, match="reached the bound 0.05"):
+        assert fit_temperature(np.eye(3)[[0, 1, 2]] * 0.01, [0, 1, 2]) == 0.05  # separable: T -> 0
+    fit_logits, fit_labels = overconfident(3000, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fit inside the bounds does not warn
+        assert 2.5 < fit_temperature(fit_logits, fit_labels) < 3.5
 
 
 def tiny_resnet():
