@@ -1,34 +1,43 @@
 """`CSKDTrainer`: a `Trainer` that adds the class-wise self-knowledge-distillation term."""
 
+import fnmatch
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import HubStrategy
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
+from transformers.utils.hub import PushInProgress
 
 from .calibration import calibration_metrics
 from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig
-from .hub import hub_permission_error
+from .hub import PICKLES, hub_permission_error, upload_or_explain
 from .losses import class_wise_kd_loss
 from .model_card import METRICS, build_model_card, card_hyperparameters, task_of
 from .pairing import ClassPairedDataset, require_map_style
 from .targets import PairTargets, QueueTargets, TargetSource, model_logits
 from .temperature_scaling import bake_temperature, fit_temperature
+from .training_state import has_state, load_state, rng_states, save_state, set_rng_states
 
 logger = logging.get_logger(__name__)
 
 TARGETS_NAME = "cskd_targets.safetensors"
 """The target source's state (the queue) in each checkpoint."""
+MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+               "adapter_config.json", "adapter_model.safetensors")  # fmt: skip
 
 
 class PairEpochCallback(TrainerCallback):
@@ -290,9 +299,46 @@ class CSKDTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._reload_renamed_weights(model if model is not None else self.model, resume_from_checkpoint)
 
+    def _engine_saves_state(self) -> bool:
+        """DeepSpeed and FSDP write their own (sharded) training state: left to them."""
+        return self.is_deepspeed_enabled or self.is_fsdp_enabled
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Optimizer and scheduler states as safetensors + JSON (`Trainer` pickles them)."""
+        if self._engine_saves_state():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            save_state(self.optimizer.state_dict(), os.path.join(output_dir, "optimizer"))
+            save_state(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not has_state(os.path.join(checkpoint, "optimizer")):
+            return super()._load_optimizer_and_scheduler(checkpoint)  # a checkpoint of plain Trainer or an engine
+        self.optimizer.load_state_dict(load_state(os.path.join(checkpoint, "optimizer")))
+        self.lr_scheduler.load_state_dict(load_state(os.path.join(checkpoint, "scheduler")))
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if self._engine_saves_state():
+            return super()._save_scaler(output_dir)
+        if scaler is not None and self.args.should_save:
+            save_state(scaler.state_dict(), os.path.join(output_dir, "scaler"))
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not has_state(os.path.join(checkpoint, "scaler")):
+            return super()._load_scaler(checkpoint)
+        self.accelerator.scaler.load_state_dict(load_state(os.path.join(checkpoint, "scaler")))
+
+    def _rng_state_path(self, folder: str) -> str:
+        name = "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
+        return os.path.join(folder, name)
+
     def _save_rng_state(self, output_dir: str) -> None:
-        """Save, beside the RNG states, what the target source needs to resume exactly (the queue)."""
-        super()._save_rng_state(output_dir)
+        """Every process's RNG states, and the target source's state (the queue), without pickles."""
+        if self._engine_saves_state():
+            super()._save_rng_state(output_dir)
+        else:
+            save_state(rng_states(), self._rng_state_path(output_dir))
         state = self.cskd_targets.state_dict() if self.cskd_targets is not None else {}
         if state and self.args.should_save:
             save_file(
@@ -300,7 +346,10 @@ class CSKDTrainer(Trainer):
             )
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
-        super()._load_rng_state(checkpoint)
+        if checkpoint is not None and has_state(self._rng_state_path(checkpoint)):
+            set_rng_states(load_state(self._rng_state_path(checkpoint)))
+        else:
+            super()._load_rng_state(checkpoint)
         if checkpoint is None or self.cskd_targets is None or not self.cskd_targets.state_dict():
             return
         path = os.path.join(checkpoint, TARGETS_NAME)
@@ -453,9 +502,60 @@ class CSKDTrainer(Trainer):
         except HfHubHTTPError as error:
             raise hub_permission_error(error, self.args.hub_model_id or self.args.output_dir) from error
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Push on each save (`hub_strategy` every_save / checkpoint / all_checkpoints), as `Trainer` does,
+        but without the pickled `training_args.bin` that `Trainer`'s version writes and uploads."""
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        output_dir = self.args.output_dir
+        for name in os.listdir(checkpoint_folder):  # the model files; the training state stays in the checkpoint
+            if any(fnmatch.fnmatch(name, pattern) for pattern in MODEL_FILES):
+                shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        with open(os.path.join(output_dir, "training_args.json"), "w") as file:
+            file.write(self.args.to_json_string())
+        step = (
+            f"step {self.state.global_step}" if self.args.save_strategy == "steps" else f"epoch {int(self.state.epoch)}"
+        )
+        upload = {"repo_id": self.hub_model_id, "token": self.args.hub_token, "revision": self.args.hub_revision,
+                  "run_as_future": True}  # fmt: skip
+        jobs = [
+            HfApi().upload_folder(
+                folder_path=output_dir,
+                commit_message=f"Training in progress, {step}",
+                ignore_patterns=["_*", "checkpoint-*", *PICKLES],
+                **upload,
+            )  # fmt: skip
+        ]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else None
+            jobs.append(
+                HfApi().upload_folder(
+                    folder_path=checkpoint_folder,
+                    path_in_repo=in_repo or Path(checkpoint_folder).name,
+                    commit_message=f"Training in progress, {step}, checkpoint",
+                    ignore_patterns=PICKLES,
+                    **upload,
+                )  # fmt: skip
+            )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
+
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs) -> Any:
-        """`Trainer.push_to_hub` with the CS-KD card; 401/403 become errors that say what to do."""
-        try:
-            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
-        except HfHubHTTPError as error:
-            raise hub_permission_error(error, self.hub_model_id or self.args.hub_model_id or "") from error
+        """`Trainer.push_to_hub` with the CS-KD card; 401/403 and uploads that fail for good become errors that
+        say what to do and whether anything reached the Hub (`hf_cskd.hub.upload_or_explain`)."""
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=self.args.hub_token)
+        upload = lambda: super(CSKDTrainer, self).push_to_hub(  # noqa: E731
+            commit_message=commit_message, blocking=blocking, **kwargs
+        )
+        if not blocking or not self.is_world_process_zero():
+            return upload()
+        api = HfApi(token=self.args.hub_token)
+        return upload_or_explain(upload, api, self.hub_model_id, self.args.hub_revision)

@@ -22,6 +22,11 @@ def git_blob_sha1(data: bytes) -> str:
 class HubState:
     def __init__(self):
         self.repos: dict[str, dict] = {}  # repo_id -> {"files": {path: bytes}, "sha": str}
+        self.committed: list[tuple[str, str]] = []  # (repo_id, path) of every file ever committed
+        self.commit_requests = 0
+        # Faults for the next commit requests, consumed in order: "500" (answer 500, apply nothing),
+        # "drop" (close the connection without an answer, apply nothing), "ok" (no fault).
+        self.faults: list[str] = []
         self.lock = threading.Lock()
 
 
@@ -110,12 +115,22 @@ class Handler(BaseHTTPRequestHandler):
     def commit(self, repo_id: str, data: bytes):
         repo = self.state.repos[repo_id]
         with self.state.lock:
+            self.state.commit_requests += 1
+            fault = self.state.faults.pop(0) if self.state.faults else None
+        if fault == "500":
+            return self.reply(500, {"error": "Internal Error (injected by the test)"})
+        if fault == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)  # no answer at all
+            return None
+        with self.state.lock:
             for line in data.decode().splitlines():
                 if not line.strip():
                     continue
                 entry = json.loads(line)
                 if entry["key"] == "file":
                     repo["files"][entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
+                    self.state.committed.append((repo_id, entry["value"]["path"]))
                 elif entry["key"] == "deletedFile":
                     repo["files"].pop(entry["value"]["path"], None)
             repo["sha"] = hashlib.sha1(

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from hub_server import start_server
 
-SCRIPT = Path(__file__).parent / "scripts" / "hub_roundtrip.py"
+SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPT = SCRIPTS / "hub_roundtrip.py"
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 @pytest.fixture
@@ -17,15 +19,19 @@ def hub():
     server.shutdown()
 
 
-def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub):
-    endpoint, state = hub
+def run_script(script: Path, tmp_path: Path, endpoint: str, *args: str) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
     env.update(TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out")], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), *args], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub):
+    endpoint, state = hub
+    report = run_script(SCRIPT, tmp_path, endpoint)
 
     for files in (report["pushed"], report["folder_files"]):
         assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files)
@@ -39,3 +45,35 @@ def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub):
     card = state.repos["alice/cskd-tiny"]["files"]["README.md"].decode()
     assert "hf_alice_write_token" not in card and "model-index" in card
     assert set(state.repos) == {"alice/cskd-tiny", "alice/cskd-from-folder"}
+
+
+def test_checkpoint_pushes_and_checkpoints_hold_no_pickles(tmp_path, hub):
+    endpoint, state = hub
+    local = run_script(SCRIPTS / "hub_faults.py", tmp_path, endpoint, "strategies")
+    pushed = {
+        repo: [path for r, path in state.committed if r == repo] for repo in ("alice/every_save", "alice/checkpoint")
+    }
+    for repo, paths in pushed.items():
+        assert "model.safetensors" in paths and "training_args.json" in paths, repo
+        assert not [p for p in paths if p.endswith(PICKLES)], (repo, paths)
+    # hub_strategy="checkpoint" uploads a resumable last-checkpoint: its training state is safetensors + JSON.
+    assert {"last-checkpoint/optimizer.safetensors", "last-checkpoint/rng_state.json",
+            "last-checkpoint/trainer_state.json"} <= set(pushed["alice/checkpoint"])  # fmt: skip
+    for files in local.values():
+        assert "optimizer.safetensors" in files and not [f for f in files if f.endswith(PICKLES)], files
+
+
+def test_failed_uploads_say_whether_anything_reached_the_hub(tmp_path, hub):
+    endpoint, state = hub
+    # push 1: two 500s then success (huggingface_hub's own bounded retries); push 2: 500 on all 6 tries;
+    # push 3: the connection dropped 6 times; the trainer's push: 500 on all 6 tries.
+    state.faults = ["500", "500", "ok"] + ["500"] * 6 + ["drop"] * 6 + ["500"] * 6
+    report = run_script(SCRIPTS / "hub_faults.py", tmp_path, endpoint, "faults")
+    assert "alice/flaky/commit/" in report["retried"]
+    assert state.commit_requests == 3 + 6 + 6 + 6 and not state.faults  # bounded: 1 try + 5 retries
+    for fault in ("500", "drop", "trainer"):
+        assert report[fault]["reached_hub"] is False, fault
+        assert "Nothing of this upload reached the Hub" in report[fault]["message"]
+        assert "local output is unchanged" in report[fault]["message"]
+    assert report["local_output_unchanged"] and report["trainer_output_intact"]
+    assert "alice/trainer-push" in state.repos and not state.repos["alice/trainer-push"]["files"]

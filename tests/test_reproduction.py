@@ -1,3 +1,6 @@
+import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +13,8 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
 import reproduce_cifar100  # noqa: E402
 
 
@@ -63,33 +67,31 @@ def test_reproduction_recipe_on_a_local_stand_in(tmp_path, cifar_stand_in):
     assert model.config.id2label[7] == "class_7" and (out / "test_results.json").is_file()
 
 
-def test_quality_study_runs_and_reports(tmp_path):
-    import argparse
-
+@pytest.mark.parametrize("regime", ["scratch-cnn", "scratch-vit"])
+def test_quality_study_runs_resumes_and_reports(tmp_path, regime):
     import quality_study
 
-    common = {"per_class": 5, "val_per_class": 3, "epochs": 2, "label_smoothing": 0.0}
-    jobs = [
-        {
-            **common,
-            "group": "main",
-            "method": name,
-            "seed": seed,
-            "lambda": lam,
-            "temperature": t,
-            "label_smoothing": ls,
-        }
-        for seed in (0, 1)
-        for name, (lam, t, ls) in quality_study.METHODS.items()
-    ]
-    results = [quality_study.run(job) for job in jobs]
-    train_idx, val_idx = quality_study.split_indices(quality_study.load_split("train")[1], 5, 3, seed=0)
-    assert len(train_idx) == 50 and len(val_idx) == 30 and not set(train_idx) & set(val_idx)
-    for result in results:
-        assert 0 <= result["raw"]["accuracy"] <= 1 and result["temperature_fit"] > 0
-        assert result["scaled"]["accuracy"] == result["raw"]["accuracy"]  # TS never changes predictions
-        assert result["scaled"]["nll"] <= result["raw"]["nll"] + 0.05
-    args = argparse.Namespace(seeds=2, sensitivity_seeds=1, per_class=5, val_per_class=3, epochs=2)
-    text = quality_study.report(results, args, "python recipes/quality_study.py --seeds 2", 0.1)
-    assert "| CS-KD (T=4, λ=1) | " in text and "## Per-seed numbers" in text and "on ?" not in text
-    assert text.count("| cross-entropy | ") == 3  # main table + 2 seeds
+    results, output = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md"
+    output.write_text("# Study\n\n<!-- begin other -->\nkept\n<!-- end other -->\n\n" + quality_study.NOTES_MARKER +
+                      "\nmy notes\n")  # fmt: skip
+    command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", regime, "--seeds", "2",
+               "--sensitivity_seeds", "0", "--epochs", "1", "--per_class", "3", "--val_per_class", "2", "--workers",
+               "1", "--results", str(results), "--output", str(output)]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(runs) == 2 * len(quality_study.ARMS) and {r["regime"] for r in runs} == {regime}
+    for run in runs:
+        assert 0 <= run["raw"]["accuracy"] <= 1 and run["temperature_fit"] > 0
+        assert run["scaled"]["accuracy"] == run["raw"]["accuracy"]  # TS never changes predictions
+    assert {r["epochs"] for r in runs} == {1, 1.35} and {r["mode"] for r in runs if r["lambda"] > 0} == {
+        "pairs",
+        "queue",
+    }
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)  # resumes: nothing left to run
+    assert second.returncode == 0 and "0 to go" in second.stdout
+    assert len(results.read_text().splitlines()) == len(runs)
+    text = output.read_text()
+    assert f"<!-- begin {regime} -->" in text and "kept" in text and text.rstrip().endswith("my notes")
+    assert "| CS-KD queue | " in text and re.search(r"\([0-2]/2 lower\)", text)
+    assert text.count("| cross-entropy | ") == 3  # mean table + 2 seeds
