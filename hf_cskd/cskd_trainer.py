@@ -4,6 +4,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 from transformers.utils.hub import PushInProgress
 
@@ -38,6 +40,31 @@ TARGETS_NAME = "cskd_targets.safetensors"
 """The target source's state (the queue) in each checkpoint."""
 MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
                "adapter_config.json", "adapter_model.safetensors")  # fmt: skip
+
+
+def checkpoint_is_complete(folder: str) -> bool:
+    """A checkpoint is complete once `trainer_state.json`, which `Trainer` writes last, reads back."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME)) as file:
+            json.load(file)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The complete `checkpoint-N` folder with the highest N; incomplete ones are skipped with a warning."""
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted(
+        (int(match.group(1)), os.path.join(output_dir, name))
+        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+        if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, folder in reversed(found):
+        if checkpoint_is_complete(folder):
+            return folder
+        logger.warning(f"Skipping {folder}: it is incomplete (the run was probably stopped while saving it).")
+    return None
 
 
 class PairEpochCallback(TrainerCallback):
@@ -294,6 +321,26 @@ class CSKDTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- checkpoints --------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint.
+
+        A run killed while saving leaves a checkpoint folder without (or with a truncated)
+        `trainer_state.json`, which `Trainer` writes last: such folders are skipped with a warning
+        (a path to one is refused), instead of being loaded half-written.
+        """
+        if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint found in {self.args.output_dir} to resume from.")
+        elif isinstance(resume_from_checkpoint, str) and not checkpoint_is_complete(resume_from_checkpoint):
+            last = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (no readable trainer_state.json: the run was "
+                f"probably stopped while saving it). Resume from {last or 'an earlier checkpoint'} instead, or pass "
+                "resume_from_checkpoint=True to pick the last complete one."
+            )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
