@@ -13,6 +13,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
+from .data_errors import fetch_rows
+
 logger = logging.get_logger(__name__)
 
 PAIR_PREFIX = "pair_"
@@ -275,16 +277,14 @@ class ClassPairedDataset(Dataset):
         return {**anchor, **{PAIR_PREFIX + key: value for key, value in pair.items()}}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._merge(self.dataset[index], self.dataset[self.pair_index(index)])
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """A whole batch in one call of the wrapped dataset's `__getitems__` (as DataLoader does).
 
         A `datasets.Dataset` then runs its batched transform once over anchors and pairs
-        together, instead of once per example.
+        together, instead of once per example. A row that cannot be loaded is named in the error.
         """
         pairs = [self.pair_index(index) for index in indices]
-        fetch = getattr(self.dataset, "__getitems__", None)
-        everything = list(indices) + pairs
-        examples = fetch(everything) if fetch is not None else [self.dataset[i] for i in everything]
+        examples = fetch_rows(self.dataset, list(indices) + pairs)
         return [self._merge(a, p) for a, p in zip(examples[: len(indices)], examples[len(indices) :])]

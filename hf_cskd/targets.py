@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from .class_queue import NO_ID, ClassQueue
 from .collator import EXAMPLE_ID_KEY, split_pair_inputs
+from .data_errors import fetch_rows
 from .pairing import PAIR_PREFIX, ClassPairedDataset, class_labels, is_iterable
 
 logger = logging.get_logger(__name__)
@@ -98,11 +99,10 @@ class ExampleIdDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.dataset[index], EXAMPLE_ID_KEY: int(index)}
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        fetch = getattr(self.dataset, "__getitems__", None)
-        examples = fetch(list(indices)) if fetch is not None else [self.dataset[i] for i in indices]
+        examples = fetch_rows(self.dataset, indices)  # a row that cannot be loaded is named in the error
         return [{**example, EXAMPLE_ID_KEY: int(i)} for example, i in zip(examples, indices)]
 
     def __getattr__(self, name: str) -> Any:  # e.g. `column_names`, read by samplers and the recipes

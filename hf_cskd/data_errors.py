@@ -1,0 +1,93 @@
+"""Examples that cannot be loaded: errors that name the row, its file and the fix.
+
+Labels are read from Arrow without decoding anything (fast, and right), so a truncated image is
+only met when a batch needs it, maybe hours in. Then the error must say which row of which split,
+from which file, and how to find every such row at once.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+MEDIA_FEATURES = ("Image", "Audio", "Video")
+
+
+class ExampleLoadError(RuntimeError):
+    """An example of a dataset could not be loaded (decoded or transformed)."""
+
+
+def _media_columns(dataset: Any) -> list[str]:
+    features = getattr(dataset, "features", None) or {}
+    return [name for name, feature in features.items() if type(feature).__name__ in MEDIA_FEATURES]
+
+
+def source_file(dataset: Any, index: int) -> str | None:
+    """The file a row's image/audio came from, read from Arrow without decoding (None if unknown)."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        return None
+    row = index
+    indices = getattr(dataset, "_indices", None)
+    if indices is not None:
+        row = indices.column(0)[index].as_py()
+    for name in _media_columns(dataset):
+        value = dataset.data.column(name)[row].as_py()
+        if isinstance(value, dict) and value.get("path"):
+            return value["path"]
+    return None
+
+
+def describe_failure(dataset: Any, split: str, index: int, error: BaseException) -> str:
+    path = source_file(dataset, index)
+    where = f"row {index} of the {split} split" + (f" (file {path})" if path else "")
+    return (
+        f"Could not load {where}: {type(error).__name__}: {error}. Fix or remove that file, or drop every unreadable "
+        "row at once: `bad = hf_cskd.data_errors.unreadable_rows(dataset)`, then "
+        "`dataset = dataset.select(sorted(set(range(len(dataset))) - set(bad)))`. Training can then go on from the "
+        "last checkpoint (`resume_from_checkpoint=True`)."
+    )
+
+
+def fetch_rows(dataset: Any, indices: Sequence[int], split: str = "train") -> list[Any]:
+    """`dataset`'s rows (in one batched call when it has `__getitems__`); a row that fails raises
+    `ExampleLoadError` naming it."""
+    fetch = getattr(dataset, "__getitems__", None)
+    try:
+        return fetch(list(indices)) if fetch is not None else [dataset[i] for i in indices]
+    except Exception as error:
+        for index in dict.fromkeys(indices):  # find the culprit, one row at a time
+            try:
+                dataset[index]
+            except Exception as row_error:
+                raise ExampleLoadError(describe_failure(dataset, split, index, row_error)) from row_error
+        raise error
+
+
+def unreadable_rows(dataset: Any, columns: Sequence[str] | None = None) -> list[int]:
+    """Indices of the rows of a `datasets.Dataset` whose image/audio cannot be decoded (progress bar).
+
+    Decodes each media value once, without the dataset's transform; labels and other columns are
+    not touched.
+    """
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError("unreadable_rows needs a datasets.Dataset (for other datasets, load each row in a try block).")
+    columns = list(columns or _media_columns(dataset))
+    if not columns:
+        raise ValueError("The dataset has no Image/Audio/Video column to check; name the columns to check.")
+    features = {name: dataset.features[name] for name in columns}
+    raw = dataset.with_format(None).select_columns(columns)
+    for name, feature in features.items():
+        raw = raw.cast_column(name, dataclasses.replace(feature, decode=False))
+    bad = []
+    for index, row in enumerate(tqdm(raw, desc="Decoding to find unreadable rows")):
+        try:
+            for name, feature in features.items():
+                feature.decode_example(row[name])
+        except Exception:  # noqa: BLE001 - any decoding failure makes the row unreadable
+            bad.append(index)
+    return bad
