@@ -4,7 +4,6 @@ import fnmatch
 import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.trainer_utils import HubStrategy
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 from transformers.utils.hub import PushInProgress
 
@@ -30,9 +28,17 @@ from .hub import PICKLES, hub_permission_error, upload_or_explain
 from .losses import class_wise_kd_loss
 from .model_card import METRICS, build_model_card, card_hyperparameters, task_of
 from .pairing import ClassPairedDataset, require_map_style
-from .targets import PairTargets, QueueTargets, TargetSource, model_logits
+from .targets import ExampleIdDataset, PairTargets, QueueTargets, TargetSource, model_logits
 from .temperature_scaling import bake_temperature, fit_temperature
-from .training_state import has_state, load_state, rng_states, save_state, set_rng_states
+from .training_state import (
+    checkpoint_is_complete,
+    has_state,
+    last_complete_checkpoint,
+    load_state,
+    rng_states,
+    save_state,
+    set_rng_states,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -40,31 +46,6 @@ TARGETS_NAME = "cskd_targets.safetensors"
 """The target source's state (the queue) in each checkpoint."""
 MODEL_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
                "adapter_config.json", "adapter_model.safetensors")  # fmt: skip
-
-
-def checkpoint_is_complete(folder: str) -> bool:
-    """A checkpoint is complete once `trainer_state.json`, which `Trainer` writes last, reads back."""
-    try:
-        with open(os.path.join(folder, TRAINER_STATE_NAME)) as file:
-            json.load(file)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The complete `checkpoint-N` folder with the highest N; incomplete ones are skipped with a warning."""
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    found = sorted(
-        (int(match.group(1)), os.path.join(output_dir, name))
-        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
-        if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
-    )
-    for _, folder in reversed(found):
-        if checkpoint_is_complete(folder):
-            return folder
-        logger.warning(f"Skipping {folder}: it is incomplete (the run was probably stopped while saving it).")
-    return None
 
 
 class PairEpochCallback(TrainerCallback):
@@ -84,11 +65,14 @@ class PairEpochCallback(TrainerCallback):
 class CSKDTrainer(Trainer):
     """`Trainer` with Class-wise Self-Knowledge Distillation (Yun et al., CVPR 2020).
 
-    A drop-in replacement: same constructor, same data. The training set is wrapped in a
-    `ClassPairedDataset` and the collator in a `DataCollatorForClassPairs`, unless they already
-    are. Each step adds `cskd_lambda · class_wise_kd_loss(f(x), f(x'))` to the model's own loss,
-    where `x'` is another example of `x`'s class and `f(x')` comes from a second forward of the
-    same model in train mode, without gradient. Evaluation and prediction are plain `Trainer`.
+    A drop-in replacement: same constructor, same data. Each step adds
+    `cskd_lambda · class_wise_kd_loss(f(x), target)` to the model's own loss, where the target is
+    a prediction for another example of `x`'s class: from a second forward of the same model in
+    train mode, without gradient (`cskd_mode="pairs"`, the paper's: the training set is wrapped in
+    a `ClassPairedDataset`), or drawn from a queue of recent predictions (`"queue"`). The target
+    source (`targets.py`) prepares the data; the collator is wrapped in a
+    `DataCollatorForClassPairs`. Evaluation and prediction are plain `Trainer`. Checkpoints hold
+    no pickles and resume from the last complete one.
 
     `args` may be a `CSKDConfig` or plain `TrainingArguments` (then the CS-KD defaults apply).
     """
@@ -188,6 +172,13 @@ class CSKDTrainer(Trainer):
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         self._prepare_train_dataset()  # also when the dataset was set after __init__
         return super().get_train_dataloader()
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """Sample as for the wrapped dataset: same indices, and `group_by_length` reads its length column."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, ClassPairedDataset | ExampleIdDataset):
+            dataset = dataset.dataset
+        return super()._get_train_sampler(dataset)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep what the target source adds when `remove_unused_columns=True` drops what the model does not take.

@@ -1,4 +1,6 @@
-"""Training state (optimizer, scheduler, RNG, gradient scaler) as safetensors + JSON, never a pickle.
+"""Checkpoint state: training state without pickles, and which checkpoints are complete.
+
+Training state (optimizer, scheduler, RNG, gradient scaler) is stored as safetensors + JSON.
 
 `Trainer` writes these with `torch.save`, i.e. as pickles, into every checkpoint, and
 `hub_strategy="checkpoint"` uploads them. Here a state dict is split into its tensors (one
@@ -9,11 +11,17 @@ with int or str keys). Anything else is refused rather than pickled.
 import json
 import os
 import random
+import re
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -86,3 +94,28 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.random.set_rng_state(states["cpu"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.random.set_rng_state_all(states["cuda"])
+
+
+def checkpoint_is_complete(folder: str) -> bool:
+    """A checkpoint is complete once `trainer_state.json`, which `Trainer` writes last, reads back."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME)) as file:
+            json.load(file)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The complete `checkpoint-N` folder with the highest N; incomplete ones are skipped with a warning."""
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted(
+        (int(match.group(1)), os.path.join(output_dir, name))
+        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+        if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, folder in reversed(found):
+        if checkpoint_is_complete(folder):
+            return folder
+        logger.warning(f"Skipping {folder}: it is incomplete (the run was probably stopped while saving it).")
+    return None

@@ -7,9 +7,9 @@ from test_recipe import write_imagefolder
 from transformers import TrainerCallback, ViTImageProcessorPil
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.cskd_trainer import last_complete_checkpoint
 from hf_cskd.data_errors import ExampleLoadError, source_file, unreadable_rows
 from hf_cskd.image_transforms import train_transform
+from hf_cskd.training_state import last_complete_checkpoint
 
 
 class TruncateOnFirstSave(TrainerCallback):

@@ -126,3 +126,17 @@ def test_error_bad_hyperparameters(tmp_path, field, value, message):
         CSKDConfig(output_dir=str(tmp_path), **{field: value})
     with pytest.raises(ValueError, match=message):
         CSKDConfig(output_dir=str(tmp_path), **{field: float("nan")})
+
+
+@pytest.mark.parametrize("mode", ["pairs", "queue"])
+def test_group_by_length_reads_the_wrapped_length_column(tmp_path, mode):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    model, data, tokenizer = bert_and_data()
+    data = data.map(lambda row: {"length": len(row["input_ids"])})
+    args = training_args(tmp_path, cskd_mode=mode, train_sampling_strategy="group_by_length")
+    trainer = CSKDTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and list(sampler.lengths) == data["length"]
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4
