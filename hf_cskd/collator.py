@@ -11,6 +11,9 @@ from .pairing import PAIR_PREFIX
 
 EXAMPLE_ID_KEY = "cskd_example_id"
 """The row index of each example, carried in queue mode so that no anchor is distilled from itself."""
+SELF_PAIR_KEY = "cskd_self_pair"
+"""1 where a streamed example was paired with itself (its class had nothing buffered yet)."""
+INTEGER_KEYS = (EXAMPLE_ID_KEY, SELF_PAIR_KEY)
 
 
 def split_pair_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -24,7 +27,8 @@ class DataCollatorForClassPairs:
 
     Anchors and pairs are collated separately, so a padding collator pads each half to its own
     length and any model inputs work (pixel values, input ids and attention masks, ...). Example
-    ids (`cskd_example_id`, queue mode) bypass the inner collator and become one int64 tensor. A
+    ids (`cskd_example_id`, queue mode) and stream self-pair flags (`cskd_self_pair`) bypass the
+    inner collator and become int64 tensors. A
     batch with neither (evaluation, prediction) is passed to the inner collator unchanged, so one
     collator serves the whole `Trainer`.
     """
@@ -33,15 +37,16 @@ class DataCollatorForClassPairs:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         features = [dict(feature) for feature in features]
-        ids = [feature.pop(EXAMPLE_ID_KEY, None) for feature in features]
-        if any(i is None for i in ids) and not all(i is None for i in ids):
-            raise ValueError(f"Some examples of this batch carry a {EXAMPLE_ID_KEY!r} and some do not.")
+        integers = {key: [feature.pop(key, None) for feature in features] for key in INTEGER_KEYS}
         pairs = [split_pair_inputs(feature) for feature in features]
         if not all(pairs) and any(pairs):
             raise ValueError("Some examples of this batch have a class-wise pair and some do not.")
         batch = dict(self.collator(features))
         if all(pairs):
             batch.update({PAIR_PREFIX + key: value for key, value in self.collator(pairs).items()})
-        if ids[0] is not None:
-            batch[EXAMPLE_ID_KEY] = torch.tensor(ids, dtype=torch.int64)
+        for key, values in integers.items():
+            if any(v is None for v in values) and not all(v is None for v in values):
+                raise ValueError(f"Some examples of this batch carry a {key!r} and some do not.")
+            if values[0] is not None:
+                batch[key] = torch.tensor(values, dtype=torch.int64)
         return batch

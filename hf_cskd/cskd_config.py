@@ -49,8 +49,9 @@ class CSKDConfig(TrainingArguments):
     cskd_queue_size: int = field(
         default=8,
         metadata={
-            "help": "Queue mode: recent predictions kept per class (K >= 1). The queue holds K x C x C float32 "
-            f"logits on the model's device and is refused above {MAX_QUEUE_BYTES // 1024**3} GiB."
+            "help": "K >= 1: recent predictions kept per class in queue mode (K x C x C float32 logits on the "
+            f"model's device, refused above {MAX_QUEUE_BYTES // 1024**3} GiB), or raw examples kept per class to "
+            "draw pairs from on a streamed training set in pairs mode."
         },
     )
 

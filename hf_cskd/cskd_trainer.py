@@ -27,7 +27,8 @@ from .cskd_config import CSKDConfig
 from .hub import PICKLES, hub_permission_error, upload_or_explain
 from .losses import class_wise_kd_loss
 from .model_card import METRICS, build_model_card, card_hyperparameters, task_of
-from .pairing import ClassPairedDataset, require_map_style
+from .pairing import ClassPairedDataset
+from .stream_pairing import StreamPairedDataset
 from .targets import ExampleIdDataset, PairTargets, QueueTargets, TargetSource, model_logits
 from .temperature_scaling import bake_temperature, fit_temperature
 from .training_state import (
@@ -58,7 +59,7 @@ class PairEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
         dataset = getattr(train_dataloader, "dataset", None)
-        if isinstance(dataset, ClassPairedDataset):
+        if isinstance(dataset, ClassPairedDataset | StreamPairedDataset):
             dataset.set_epoch(math.floor(state.epoch or 0))
 
 
@@ -99,8 +100,6 @@ class CSKDTrainer(Trainer):
             values = {k: v for k, v in args.to_dict().items() if k in CSKDConfig.__dataclass_fields__}
             values["hub_token"] = args.hub_token  # to_dict() masks it
             args = CSKDConfig(**values)
-        if args.cskd_lambda > 0 and args.cskd_mode == "pairs" and not isinstance(train_dataset, ClassPairedDataset):
-            require_map_style(train_dataset)  # before Trainer asks for max_steps
         super().__init__(
             model=model,
             args=args,
@@ -163,7 +162,7 @@ class CSKDTrainer(Trainer):
                 num_labels, self.args.cskd_queue_size, self.args.cskd_label_column, seed, self.args.device,
                 self.accelerator,
             )  # fmt: skip
-        return PairTargets(self.args.cskd_label_column, num_labels, seed)
+        return PairTargets(self.args.cskd_label_column, num_labels, seed, stream_buffer_size=self.args.cskd_queue_size)
 
     def _prepare_train_dataset(self) -> None:
         if self.cskd_targets is not None:

@@ -41,13 +41,12 @@ def is_iterable(dataset: Any) -> bool:
 
 
 def require_map_style(dataset: Any) -> None:
-    """Class-wise pairs need random access by index: reject streaming datasets with the fix."""
+    """`ClassPairedDataset` needs random access by index: reject streams with the fix."""
     if is_iterable(dataset):
         raise TypeError(
-            "CS-KD's paper mode needs a map-style training set (random access by index) to find examples of the "
-            "same class; streaming/iterable datasets are not supported in this mode yet. Use "
-            "`cskd_mode='queue'` (no pairs needed), load the dataset without `streaming=True`, or materialize "
-            "it with `datasets.Dataset.from_generator`."
+            "ClassPairedDataset needs a map-style dataset (random access by index). For a streaming/iterable "
+            "training set, pass the stream to CSKDTrainer as it is: it pairs it with a StreamPairedDataset "
+            "(`cskd_mode='pairs'`) or needs no pairs at all (`cskd_mode='queue'`)."
         )
 
 
@@ -109,6 +108,20 @@ def _check_label_feature(dataset: Any, label_column: str) -> None:
                 "indices, not regression or soft targets. Cast it with "
                 f"`dataset.cast_column({label_column!r}, datasets.Value('int64'))` if the values are classes."
             )
+
+
+def check_stream_features(stream: Any, label_column: str | None) -> None:
+    """A stream's label column, checked from its features (no example read): the map-style errors."""
+    features = getattr(stream, "features", None)
+    if not features:
+        return
+    column = label_column or next((c for c in DEFAULT_LABEL_COLUMNS if c in features), None)
+    if column is None or column not in features:
+        raise ValueError(
+            f"Label column {column or DEFAULT_LABEL_COLUMNS!r} not found; the stream has {list(features)}. Pass the "
+            "column that holds the class index (`cskd_label_column`)."
+        )
+    _check_label_feature(stream, column)
 
 
 def read_labels(dataset: Any, label_column: str) -> np.ndarray:

@@ -14,9 +14,10 @@ from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from .class_queue import NO_ID, ClassQueue
-from .collator import EXAMPLE_ID_KEY, split_pair_inputs
+from .collator import EXAMPLE_ID_KEY, SELF_PAIR_KEY, split_pair_inputs
 from .data_errors import fetch_rows
-from .pairing import PAIR_PREFIX, ClassPairedDataset, class_labels, is_iterable
+from .pairing import PAIR_PREFIX, ClassPairedDataset, check_stream_features, class_labels, is_iterable
+from .stream_pairing import StreamPairedDataset
 
 logger = logging.get_logger(__name__)
 
@@ -64,21 +65,34 @@ class PairTargets(TargetSource):
     normalizes the pair half with its own batch statistics, dropout is active.
     """
 
-    def __init__(self, label_column: str | None = None, num_labels: int | None = None, seed: int = 0):
+    def __init__(
+        self, label_column: str | None = None, num_labels: int | None = None, seed: int = 0, stream_buffer_size: int = 8
+    ):
         self.label_column, self.num_labels, self.seed = label_column, num_labels, seed
+        self.stream_buffer_size = stream_buffer_size
 
     def prepare_dataset(self, dataset: Any) -> Any:
-        if dataset is None or isinstance(dataset, ClassPairedDataset):
+        if dataset is None or isinstance(dataset, ClassPairedDataset | StreamPairedDataset):
             return dataset
+        if is_iterable(dataset):
+            check_stream_features(dataset, self.label_column)
+            return StreamPairedDataset(
+                dataset, self.label_column, self.num_labels, buffer_size=self.stream_buffer_size, seed=self.seed
+            )
         return ClassPairedDataset(dataset, label_column=self.label_column, num_labels=self.num_labels, seed=self.seed)
 
     def input_names(self, model_input_names: list[str]) -> list[str]:
-        return [PAIR_PREFIX + name for name in model_input_names]
+        return [PAIR_PREFIX + name for name in model_input_names] + [SELF_PAIR_KEY]
 
     def pop_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return split_pair_inputs(inputs)
+        self_pairs = inputs.pop(SELF_PAIR_KEY, None)
+        extras = split_pair_inputs(inputs)
+        if self_pairs is not None:
+            extras[SELF_PAIR_KEY] = self_pairs
+        return extras
 
     def targets(self, model, extras, logits, labels):
+        self_pairs = extras.pop(SELF_PAIR_KEY, None)
         if not extras:
             raise ValueError(
                 "This training batch has no class-wise pairs (`pair_*` inputs). Train on a ClassPairedDataset with "
@@ -86,7 +100,8 @@ class PairTargets(TargetSource):
             )
         extras.pop("labels", None)
         with torch.no_grad():
-            return model_logits(model(**extras)), {}
+            targets = model_logits(model(**extras))
+        return targets, {} if self_pairs is None else {"cskd_self_pair": self_pairs.float().mean()}
 
 
 class ExampleIdDataset(Dataset):
