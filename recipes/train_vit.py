@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import datasets
 import torch
 import transformers
 import yaml
-from datasets import ClassLabel, DatasetDict, load_dataset
+from datasets import ClassLabel, DatasetDict, IterableDatasetDict, load_dataset
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -37,6 +38,7 @@ from transformers import (
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
 from hf_cskd.image_transforms import eval_transform, train_transform
+from hf_cskd.stream_pairing import StreamPairedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ SCRATCH_MODEL_DEFAULTS = {
 # The embedded digits: 8x8 images, so crops keep most of the digit, and no flips (a mirrored
 # 2 is not a 2).
 EMBEDDED_DATA_DEFAULTS = {"crop_scale_min": 0.5, "horizontal_flip": False}
+STREAM_VALIDATION_EXAMPLES = 500
 
 
 @dataclass
@@ -113,6 +116,14 @@ class DataArguments:
         },
     )
     num_bins: int = field(default=15, metadata={"help": "Confidence bins of ECE/MCE and the reliability diagram."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training data as a stream (`load_dataset(..., streaming=True)`): nothing is downloaded "
+            "or indexed up front. Needs --max_steps. Without a validation split, the first --max_eval_samples "
+            f"(default {STREAM_VALIDATION_EXAMPLES}) streamed examples are held out for validation."
+        },
+    )
     baseline_metrics: str | None = field(
         default=None,
         metadata={"help": "test_results.json of a baseline run (e.g. --cskd_lambda 0), shown in the model card."},
@@ -132,28 +143,38 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, CSK
     if not {"dataset_name", "train_dir"} & set(given):
         defaults.update(EMBEDDED_DATA_DEFAULTS)
     if from_file:
-        return parser.parse_dict({**defaults, **given})
-    parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(argv)
+        parsed = parser.parse_dict({**defaults, **given})
+    else:
+        parser.set_defaults(**defaults)
+        parsed = parser.parse_args_into_dataclasses(argv)
+    if parsed[1].streaming and parsed[2].max_steps <= 0:
+        raise ValueError(
+            "--streaming reads the training set as a stream of unknown length, so the number of epochs means nothing: "
+            "pass --max_steps N (optimizer steps) as well."
+        )
+    return parsed
 
 
 def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
     """train / validation / (test) splits from the Hub, an imagefolder or the embedded digits."""
+    streaming = data_args.streaming
     if data_args.dataset_name is not None:
-        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        raw = load_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, streaming=streaming
+        )
     elif data_args.train_dir is not None:
         files = {"train": os.path.join(data_args.train_dir, "**")}
         if data_args.validation_dir is not None:
             files["validation"] = os.path.join(data_args.validation_dir, "**")
-        raw = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir)
+        raw = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir, streaming=streaming)
     else:
         files = {split: str(EMBEDDED_DATA / f"{split}.parquet") for split in ("train", "test")}
-        raw = load_dataset("parquet", data_files=files)
-    if not isinstance(raw, DatasetDict) or "train" not in raw:
-        found = list(raw) if isinstance(raw, DatasetDict) else type(raw).__name__
+        raw = load_dataset("parquet", data_files=files, streaming=streaming)
+    if not isinstance(raw, DatasetDict | IterableDatasetDict) or "train" not in raw:
+        found = list(raw) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"The dataset has no 'train' split (found {found}). Name the training split 'train'.")
 
-    columns = raw["train"].column_names
+    columns = list(raw["train"].features or {}) if streaming else raw["train"].column_names
     for flag, column in (
         ("--image_column_name", data_args.image_column_name),
         ("--label_column_name", data_args.label_column_name),
@@ -162,7 +183,14 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
             raise ValueError(f"Column {column!r} not found in the dataset; it has {columns}. Pass {flag} <column>.")
     label_feature = raw["train"].features[data_args.label_column_name]
     if not isinstance(label_feature, ClassLabel):
+        if streaming:
+            raise ValueError(
+                f"--streaming needs the label column {data_args.label_column_name!r} to be a ClassLabel (the class "
+                f"names cannot be collected from a stream); it is {label_feature}. Cast it first, or drop --streaming."
+            )
         raw = raw.class_encode_column(data_args.label_column_name)
+    if streaming:
+        return stream_splits(raw, data_args)
 
     if "validation" not in raw:
         split = raw["train"].train_test_split(
@@ -189,6 +217,45 @@ def check_model_path(name: str) -> None:
             f"--model_name_or_path {name}: no such folder. Pass an existing local checkpoint folder (with "
             "config.json) or a Hub model id such as google/vit-base-patch16-224-in21k."
         )
+
+
+def stream_splits(raw: IterableDatasetDict, data_args: DataArguments) -> IterableDatasetDict:
+    """Hold out the first examples of a stream for validation when it has no validation split; truncate."""
+    if "validation" not in raw:
+        held_out = data_args.max_eval_samples or STREAM_VALIDATION_EXAMPLES
+        raw["validation"], raw["train"] = raw["train"].take(held_out), raw["train"].skip(held_out)
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].take(data_args.max_train_samples)
+    if data_args.max_eval_samples is not None:
+        for name in ("validation", "test"):
+            if name in raw:
+                raw[name] = raw[name].take(data_args.max_eval_samples)
+    return raw
+
+
+def row_transform(batched: Callable[[dict[str, list]], dict[str, list]]) -> Callable[[dict], dict]:
+    """One example through a batched transform."""
+    return lambda example: {k: v[0] for k, v in batched({k: [v] for k, v in example.items()}).items()}
+
+
+def stream_datasets(raw: IterableDatasetDict, data_args: DataArguments, args: CSKDConfig, transforms: tuple, labels):
+    """The streamed splits, transformed as they are read. In paper mode the training stream is paired
+    here, on undecoded rows, so that the pair buffers hold bytes rather than decoded images."""
+    train_fn, eval_fn = transforms
+    columns = [data_args.image_column_name, data_args.label_column_name]
+    evaluate = {name: raw[name].map(eval_fn, batched=True, remove_columns=columns) for name in raw if name != "train"}
+    if args.cskd_lambda > 0 and args.cskd_mode == "pairs":
+        image = data_args.image_column_name
+        undecoded = raw["train"].cast_column(image, datasets.Image(decode=False))
+        decode, transform = datasets.Image().decode_example, row_transform(train_fn)
+        train = StreamPairedDataset(
+            undecoded, data_args.label_column_name, num_labels=len(labels), buffer_size=args.cskd_queue_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            transform=lambda example: transform({**example, image: decode(example[image])}),
+        )  # fmt: skip
+    else:
+        train = raw["train"].map(train_fn, batched=True, remove_columns=columns)
+    return train, evaluate["validation"], evaluate.get("test")
 
 
 def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
@@ -292,13 +359,18 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     model, processor = build_model_and_processor(model_args, labels)
 
     columns = (data_args.image_column_name, data_args.label_column_name)
-    train = raw["train"].with_transform(
+    transforms = (
         train_transform(
             processor, *columns, scale=(data_args.crop_scale_min, 1.0), horizontal_flip=data_args.horizontal_flip
-        )
+        ),
+        eval_transform(processor, *columns),
     )
-    validation = raw["validation"].with_transform(eval_transform(processor, *columns))
-    test = raw["test"].with_transform(eval_transform(processor, *columns)) if "test" in raw else None
+    if data_args.streaming:
+        train, validation, test = stream_datasets(raw, data_args, training_args, transforms, labels)
+    else:
+        train = raw["train"].with_transform(transforms[0])
+        validation = raw["validation"].with_transform(transforms[1])
+        test = raw["test"].with_transform(transforms[1]) if "test" in raw else None
 
     trainer = CSKDTrainer(
         model=model,

@@ -234,3 +234,16 @@ def test_bf16_run_is_calibrated(tmp_path):
     run(tmp_path, "--bf16", "--use_cpu")
     results = json.loads((tmp_path / "out" / "test_results.json").read_text())
     assert results["temperature"] > 0 and (tmp_path / "out" / "calibration.json").is_file()
+
+
+@pytest.mark.parametrize("mode", ["pairs", "queue"])
+def test_streaming_recipe_on_the_embedded_digits(tmp_path, mode):
+    trainer = run(tmp_path, "--streaming", "--cskd_mode", mode, "--logging_steps", "1")
+    out = tmp_path / "out"
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.num_labels == 10 and (out / "README.md").is_file() and (out / "calibration.json").is_file()
+    logs = [log for log in trainer.state.log_history if "cskd_loss" in log]
+    assert len(logs) == 4 and ("cskd_self_pair" in logs[0] if mode == "pairs" else "cskd_queue_hit" in logs[0])
+    assert json.loads((out / "test_results.json").read_text())["test_accuracy"] >= 0
+    with pytest.raises(ValueError, match="--streaming .* pass --max_steps"):
+        train_vit.main(["--streaming", "--output_dir", str(tmp_path / "other")])

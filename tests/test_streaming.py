@@ -1,13 +1,22 @@
 """Streamed training sets (`datasets` streaming from a local parquet file, torch IterableDataset), both modes."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import make_image_dataset, make_vit, training_args
 from datasets import ClassLabel, Dataset, Value, load_dataset
+from test_recipe import free_port
 from torch.utils.data import DataLoader
 
 from hf_cskd import CSKDTrainer, DataCollatorForClassPairs
 from hf_cskd.stream_pairing import StreamPairedDataset
+
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 @pytest.fixture
@@ -99,3 +108,21 @@ def test_trainer_on_a_stream_logs_and_resumes_to_the_same_weights(tmp_path, parq
     expected = full.model.state_dict()
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["pairs", "queue"])
+def test_two_processes_on_a_stream(tmp_path, mode):
+    env = {**os.environ, "PROBE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(SCRIPTS / "stream_probe.py"), str(tmp_path / "out"), mode]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    records = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)}
+    assert len(records[0]) == len(records[1]) == 10  # both ranks ran every step: no hang on uneven shards
+    first_pass = {r: [a for rec in recs[:2] for a in rec["anchors"]] for r, recs in records.items()}
+    assert not set(first_pass[0]) & set(first_pass[1])  # each rank trains on its own examples
+    for recs in records.values():
+        for rec in recs:
+            assert all(0 <= a < 29 for a in rec["anchors"])
+            if mode == "pairs":
+                assert rec["labels"] == rec["pair_labels"]
