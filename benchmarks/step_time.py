@@ -125,10 +125,9 @@ def floor_steps(model: torch.nn.Module, data: Dataset, steps: int, device: str) 
 def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, list[float]]:
     """Each variant's step on the same fixed batch, alternating step by step (no data loading).
 
-    Four copies of the model, each with the default `Trainer` optimizer. Plain: `training_step`
-    on the batch without pairs (`CSKDTrainer.compute_loss` then defers to `Trainer.compute_loss`
-    unchanged; one `Trainer` object serves both, as Accelerate's state is a per-process
-    singleton). CS-KD: `training_step` on the paired batch; queue: a queue-mode trainer's
+    Four copies of the model, each with the default `Trainer` optimizer. Plain: a plain
+    `Trainer`'s `training_step` on the batch without pairs. CS-KD: `training_step` on the paired
+    batch; queue: a queue-mode trainer's
     `training_step` on the same anchors with their example ids. Floor: written by hand. All
     then clip gradients and step the optimizer. Alternating single steps cancels drift best.
     """
@@ -144,9 +143,16 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
     queue_trainer = CSKDTrainer(model=models["queue"], args=queue_args, train_dataset=build_data(1))
     queue_trainer.current_gradient_accumulation_steps = 1
     queue_batch = {**plain_batch, EXAMPLE_ID_KEY: torch.arange(BATCH, device=plain_batch["labels"].device)}
+    plain_args = TrainingArguments(output_dir="/tmp/hf_cskd_bench", per_device_train_batch_size=BATCH, report_to="none",
+                                   use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0)  # fmt: skip
+    plain_trainer = Trainer(model=models["trainer"], args=plain_args)
+    plain_trainer.current_gradient_accumulation_steps = 1
 
     def trainer_step(kind: str) -> None:
-        trainer.training_step(models[kind], dict(batch if kind == "cskd" else plain_batch))
+        if kind == "cskd":
+            trainer.training_step(models[kind], dict(batch))
+        else:
+            plain_trainer.training_step(models[kind], dict(plain_batch))
 
     def floor_step() -> None:
         floor_forward_backward(models["floor"], batch["pixel_values"], batch["labels"], batch["pair_pixel_values"])

@@ -67,8 +67,10 @@ class StreamPairedDataset(IterableDataset):
         num_labels: the number of classes (labels outside `[0, num_labels)` are refused).
         buffer_size: raw examples kept per class (K).
         seed: with the epoch, the rank and the worker, determines every draw.
-        transform: applied to the anchor and to its partner at emission (e.g. decode + augment), so
-            that the buffers hold the raw rows.
+        transform: a batched transform (a dict of lists in, a dict of lists out, like `with_transform`)
+            applied at emission to anchors and partners together (e.g. decode + augment), so that the
+            buffers hold the raw rows; it runs once per `transform_batch_size` emitted examples.
+        transform_batch_size: examples (anchors, and as many partners) per call of `transform`.
     """
 
     def __init__(
@@ -78,12 +80,14 @@ class StreamPairedDataset(IterableDataset):
         num_labels: int | None = None,
         buffer_size: int = 8,
         seed: int = 0,
-        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        transform: Callable[[dict[str, list]], dict[str, list]] | None = None,
+        transform_batch_size: int = 64,
     ):
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}.")
         self.stream, self.label_column, self.num_labels = stream, label_column, num_labels
-        self.buffer_size, self.seed, self.transform = buffer_size, seed, transform
+        self.buffer_size, self.seed = buffer_size, seed
+        self.transform, self.transform_batch_size = transform, transform_batch_size
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by DataLoader workers
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,15 +101,23 @@ class StreamPairedDataset(IterableDataset):
         key = splitmix64(splitmix64(splitmix64(self.seed) ^ int(self._epoch)) ^ _rank())
         return random.Random(splitmix64(key ^ worker))
 
-    def _emit(self, example: Mapping[str, Any], partner: Mapping[str, Any], self_pair: bool) -> dict[str, Any]:
+    def _emit(self, pending: list[tuple[Mapping[str, Any], Mapping[str, Any], bool]]) -> Iterator[dict[str, Any]]:
+        """Transform the pending anchors and partners in one batched call, then yield them merged."""
+        if not pending:
+            return
+        rows = [anchor for anchor, _, _ in pending] + [partner for _, partner, _ in pending]
         if self.transform is not None:
-            example, partner = self.transform(dict(example)), self.transform(dict(partner))
-        return {**example, **{PAIR_PREFIX + k: v for k, v in partner.items()}, SELF_PAIR_KEY: int(self_pair)}
+            out = self.transform({key: [row[key] for row in rows] for key in rows[0]})
+            rows = [{key: values[i] for key, values in out.items()} for i in range(len(rows))]
+        for i, (_, _, self_pair) in enumerate(pending):
+            partner = rows[len(pending) + i]
+            yield {**rows[i], **{PAIR_PREFIX + k: v for k, v in partner.items()}, SELF_PAIR_KEY: int(self_pair)}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = self._rng()
         buffers: dict[int, list[Mapping[str, Any]]] = {}
         seen: dict[int, int] = {}
+        pending: list[tuple[Mapping[str, Any], Mapping[str, Any], bool]] = []
         for position, example in enumerate(self.stream):
             if not isinstance(example, Mapping):
                 raise TypeError(f"Example {position} of the stream is a {type(example).__name__}, not a dict.")
@@ -118,9 +130,12 @@ class StreamPairedDataset(IterableDataset):
             label = check_stream_label(example[column], position, column, self.num_labels)
             buffer = buffers.setdefault(label, [])
             if buffer:
-                yield self._emit(example, buffer[rng.randrange(len(buffer))], self_pair=False)
+                pending.append((example, buffer[rng.randrange(len(buffer))], False))
             else:
-                yield self._emit(example, example, self_pair=True)
+                pending.append((example, example, True))
+            if len(pending) >= self.transform_batch_size:
+                yield from self._emit(pending)
+                pending = []
             seen[label] = seen.get(label, 0) + 1
             if len(buffer) < self.buffer_size:  # reservoir sampling (Algorithm R)
                 buffer.append(example)
@@ -128,3 +143,4 @@ class StreamPairedDataset(IterableDataset):
                 slot = rng.randrange(seen[label])
                 if slot < self.buffer_size:
                     buffer[slot] = example
+        yield from self._emit(pending)

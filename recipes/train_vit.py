@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,11 +232,6 @@ def stream_splits(raw: IterableDatasetDict, data_args: DataArguments) -> Iterabl
     return raw
 
 
-def row_transform(batched: Callable[[dict[str, list]], dict[str, list]]) -> Callable[[dict], dict]:
-    """One example through a batched transform."""
-    return lambda example: {k: v[0] for k, v in batched({k: [v] for k, v in example.items()}).items()}
-
-
 def stream_datasets(raw: IterableDatasetDict, data_args: DataArguments, args: CSKDConfig, transforms: tuple, labels):
     """The streamed splits, transformed as they are read. In paper mode the training stream is paired
     here, on undecoded rows, so that the pair buffers hold bytes rather than decoded images."""
@@ -247,11 +241,11 @@ def stream_datasets(raw: IterableDatasetDict, data_args: DataArguments, args: CS
     if args.cskd_lambda > 0 and args.cskd_mode == "pairs":
         image = data_args.image_column_name
         undecoded = raw["train"].cast_column(image, datasets.Image(decode=False))
-        decode, transform = datasets.Image().decode_example, row_transform(train_fn)
+        decode = datasets.Image().decode_example
         train = StreamPairedDataset(
             undecoded, data_args.label_column_name, num_labels=len(labels), buffer_size=args.cskd_queue_size,
             seed=args.data_seed if args.data_seed is not None else args.seed,
-            transform=lambda example: transform({**example, image: decode(example[image])}),
+            transform=lambda batch: train_fn({**batch, image: [decode(value) for value in batch[image]]}),
         )  # fmt: skip
     else:
         train = raw["train"].map(train_fn, batched=True, remove_columns=columns)
