@@ -24,10 +24,11 @@ from transformers.utils.hub import PushInProgress
 from .calibration import calibration_metrics
 from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig
+from .data_errors import NamedRows
 from .hub import PICKLES, hub_permission_error, upload_or_explain
 from .losses import class_wise_kd_loss
 from .model_card import METRICS, build_model_card, card_hyperparameters, task_of
-from .pairing import ClassPairedDataset
+from .pairing import ClassPairedDataset, is_iterable
 from .stream_pairing import StreamPairedDataset
 from .targets import ExampleIdDataset, PairTargets, QueueTargets, TargetSource, model_logits
 from .temperature_scaling import bake_temperature, fit_temperature
@@ -171,6 +172,12 @@ class CSKDTrainer(Trainer):
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         self._prepare_train_dataset()  # also when the dataset was set after __init__
         return super().get_train_dataloader()
+
+    def _get_dataloader(self, dataset: Any, description: str, *args: Any, is_training: bool = False, **kwargs: Any):
+        """Evaluation and prediction sets name the rows that cannot be loaded (the training set's wrappers do too)."""
+        if not is_training and dataset is not None and not is_iterable(dataset):
+            dataset = NamedRows(dataset, split=description.lower())
+        return super()._get_dataloader(dataset, description, *args, is_training=is_training, **kwargs)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """Sample as for the wrapped dataset: same indices, and `group_by_length` reads its length column."""

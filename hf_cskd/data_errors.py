@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 MEDIA_FEATURES = ("Image", "Audio", "Video")
@@ -64,6 +65,27 @@ def fetch_rows(dataset: Any, indices: Sequence[int], split: str = "train") -> li
             except Exception as row_error:
                 raise ExampleLoadError(describe_failure(dataset, split, index, row_error)) from row_error
         raise error
+
+
+class NamedRows(Dataset):
+    """A map-style dataset whose rows that cannot be loaded raise `ExampleLoadError` naming them."""
+
+    def __init__(self, dataset: Any, split: str):
+        self.dataset, self.split = dataset, split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return fetch_rows(self.dataset, [index], self.split)[0]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        return fetch_rows(self.dataset, indices, self.split)
+
+    def __getattr__(self, name: str) -> Any:  # `column_names`, `features`, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def unreadable_rows(dataset: Any, columns: Sequence[str] | None = None) -> list[int]:

@@ -47,3 +47,18 @@ def test_truncated_png_is_named_and_the_checkpoint_resumes_without_it(tmp_path, 
     resumed = CSKDTrainer(model=make_vit(num_labels=3, channels=3), args=args, train_dataset=kept)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 18  # 3 epochs of 6 steps
+
+
+def test_an_unreadable_evaluation_example_is_named(tmp_path):
+    from hf_cskd.image_transforms import eval_transform
+
+    root = write_imagefolder(tmp_path / "val", ["ant", "bee"], per_class=4)
+    data = load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=str(tmp_path / "cache"))
+    victim = tmp_path / source_file(data, 6)
+    victim.write_bytes(victim.read_bytes()[:40])
+    processor = ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    evaluation = data.with_transform(eval_transform(processor, "image", "label"))
+    args = training_args(tmp_path, remove_unused_columns=False, per_device_eval_batch_size=4)
+    trainer = CSKDTrainer(model=make_vit(num_labels=2, channels=3), args=args, eval_dataset=evaluation)
+    with pytest.raises(ExampleLoadError, match=rf"row 6 of the evaluation split \(file {victim}\)"):
+        trainer.evaluate()
