@@ -176,6 +176,10 @@ METRICS = {  # column -> (value of a run, scale, digits)
 }
 
 
+def table_head(title: str, columns: list[str]) -> list[str]:
+    return ["", title, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     values = [scale * v for v in values]
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -209,23 +213,16 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
         f"batch 32, 50 warm-up steps then cosine, {args.epochs} epochs (the `{PAIR_STEP_COST}x` arms: "
         f"{round(args.epochs * PAIR_STEP_COST, 2)}), ±1 px random shifts; T = 4, λ = 1 for CS-KD; ECE with 15 "
         "equal-width bins. Raw = the trained model; TS = after temperature scaling fitted on the validation subset.",
-        "",
-        f"### Mean ± std over {seeds} seeds (test split)",
-        "",
-        "| arm | " + " | ".join(METRICS) + " | fitted T | train s |",
-        "|---" * (len(METRICS) + 3) + "|",
+        *table_head(f"### Mean ± std over {seeds} seeds (test split)", ["arm", *METRICS, "fitted T", "train s"]),
     ]
     for name, runs in by_arm.items():
         cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
         cells += [mean_std([r["temperature_fit"] for r in runs]), mean_std([r["train_seconds"] for r in runs], 1, 1)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    lines += table_head(
         f"### Paired difference to {BASELINE} (same seed): mean ± standard error, and seeds where the arm is lower",
-        "",
-        "| arm | " + " | ".join(METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
-    ]
+        ["arm", *METRICS],
+    )
     for name, runs in by_arm.items():
         if name != BASELINE and BASELINE in by_arm:
             cells = [paired(runs, by_arm[BASELINE], value, scale, digits) for value, scale, digits in METRICS.values()]
@@ -239,13 +236,7 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
             share = f"{gains[1] / gains[0]:.2f}" if gains[0] > 0 else "n/a (paper mode did not gain)"
             lines.append(f"- {what}: paper gain {gains[0] * (100 if label == 'raw' else 1):.3f}, queue gain "
                          f"{gains[1] * (100 if label == 'raw' else 1):.3f}, share {share}")  # fmt: skip
-    lines += [
-        "",
-        "### Per-seed numbers (test split)",
-        "",
-        "| arm | seed | " + " | ".join(METRICS) + " | T | train s |",
-        "|---" * (len(METRICS) + 4) + "|",
-    ]
+    lines += table_head("### Per-seed numbers (test split)", ["arm", "seed", *METRICS, "T", "train s"])
     for name, runs in by_arm.items():
         for r in runs:
             cells = [f"{scale * value(r):.{digits}f}" for value, scale, digits in METRICS.values()]
@@ -254,13 +245,10 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
     sensitivity = [r for r in results if r["group"] == "sensitivity"]
     if sensitivity:
         sensitivity += [r for r in by_arm.get("CS-KD pairs", []) if r["seed"] < args.sensitivity_seeds]
-        lines += [
-            "",
+        lines += table_head(
             f"### Sensitivity of paper-mode CS-KD to T and λ: mean ± std over {args.sensitivity_seeds} seeds",
-            "",
-            "| λ | T | " + " | ".join(METRICS) + " |",
-            "|---" * (len(METRICS) + 2) + "|",
-        ]
+            ["λ", "T", *METRICS],
+        )
         for lam, temperature in sorted({(r["lambda"], r["temperature"]) for r in sensitivity}):
             runs = [r for r in sensitivity if (r["lambda"], r["temperature"]) == (lam, temperature)]
             cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
@@ -274,7 +262,7 @@ def replace_section(text: str, regime: str, section: str) -> str:
     block = f"{begin}\n{section}{end}\n"
     if begin in text:
         head, _, rest = text.partition(begin)
-        return head + block + rest.partition(end)[2].lstrip("\n")
+        return head + block + "\n" + rest.partition(end)[2].lstrip("\n")
     head, marker, notes = text.partition(NOTES_MARKER)
     if not head.strip():
         head = "# Quality study: CS-KD vs cross-entropy vs label smoothing\n\n"
