@@ -247,3 +247,14 @@ def test_streaming_recipe_on_the_embedded_digits(tmp_path, mode):
     assert json.loads((out / "test_results.json").read_text())["test_accuracy"] >= 0
     with pytest.raises(ValueError, match="--streaming .* pass --max_steps"):
         train_vit.main(["--streaming", "--output_dir", str(tmp_path / "other")])
+
+
+def test_streaming_an_imagefolder_and_bf16_queue_mode(tmp_path, monkeypatch):
+    train_dir = write_imagefolder(tmp_path / "train", ["cat", "dog"], per_class=12)
+    flags = ["--train_dir", str(train_dir), "--streaming", "--max_eval_samples", "6", "--cskd_mode", "queue", "--bf16",
+             "--use_cpu"]  # fmt: skip
+    trainer = run(tmp_path, *flags)
+    queue = trainer.cskd_targets.queue
+    assert queue.logits.dtype == torch.float32 and queue.filled.any()  # the queue stays float32 under bf16
+    assert trainer.model.config.id2label == {0: "cat", 1: "dog"}
+    assert "validation_accuracy" in json.loads((tmp_path / "out" / "validation_results.json").read_text())
