@@ -176,9 +176,11 @@ def build_model_card(
         )
         for row, values in results.items()
         for metric in MODEL_INDEX_METRICS
-        if metric in values
+        if metric in values and not (metric == "loss" and "nll" in values)
     ]
     columns = [metric for metric in METRICS if any(metric in values for values in results.values())]
+    if "nll" in columns and "loss" in columns:  # the evaluation loss of a classifier is its NLL: shown once
+        columns.remove("loss")
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
