@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tune an image classifier with CS-KD, then calibrate it and write a ready-to-publish checkpoint.
 
-    accelerate launch recipes/train_vit.py                       # offline default: ViT on digits
+    accelerate launch recipes/train_vit.py                       # offline default: ViT on digits, queue mode
     accelerate launch recipes/train_vit.py --cskd_lambda 0       # the cross-entropy baseline
     accelerate launch recipes/train_vit.py --model_name_or_path google/vit-base-patch16-224-in21k \\
         --dataset_name beans --output_dir outputs/vit-beans --learning_rate 5e-5
@@ -71,6 +71,11 @@ SCRATCH_MODEL_DEFAULTS = {
 # The embedded digits: 8x8 images, so crops keep most of the digit, and no flips (a mirrored
 # 2 is not a 2).
 EMBEDDED_DATA_DEFAULTS = {"crop_scale_min": 0.5, "horizontal_flip": False}
+# The embedded run (small ViT from scratch on the embedded digits): CS-KD's queue mode, chosen on the
+# validation split over 3 seeds (accuracy 97.8 % and NLL after temperature scaling 0.102, against
+# 95.6 % / 0.138 for paper mode and 96.6 % / 0.116 for cross-entropy; README "What the default run
+# delivers"). --cskd_mode pairs runs the paper's method.
+EMBEDDED_RUN_DEFAULTS = {"cskd_mode": "queue"}
 STREAM_VALIDATION_EXAMPLES = 500
 
 
@@ -141,6 +146,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, CSK
         defaults.update(SCRATCH_MODEL_DEFAULTS)
     if not {"dataset_name", "train_dir"} & set(given):
         defaults.update(EMBEDDED_DATA_DEFAULTS)
+        if "model_name_or_path" not in given:
+            defaults.update(EMBEDDED_RUN_DEFAULTS)
     if from_file:
         parsed = parser.parse_dict({**defaults, **given})
     else:

@@ -47,7 +47,8 @@ def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path, capsys)
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["temperature"] == pytest.approx(results["temperature"]) and calibration["split"] == "validation"
     summary = capsys.readouterr().out
-    assert f"CS-KD + temperature scaling (T = {results['temperature']:.3f})" in summary
+    assert results["method"] == "CS-KD (queue)"  # the embedded run's default mode
+    assert f"CS-KD (queue) + temperature scaling (T = {results['temperature']:.3f})" in summary
     assert f"{100 * results['test_raw_ece']:.2f}%" in summary and f"{results['test_nll']:.4f}" in summary
 
     model = AutoModelForImageClassification.from_pretrained(out).eval()
@@ -93,7 +94,7 @@ def test_two_processes(tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
         str(ROOT / "tests" / "scripts" / "ddp_probe.py"), *FAST, "--output_dir", str(tmp_path / "out"),
-        "--ddp_find_unused_parameters", "false",
+        "--ddp_find_unused_parameters", "false", "--cskd_mode", "pairs",
     ]  # fmt: skip
     command[command.index("29517")] = str(free_port())
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -132,7 +133,7 @@ def test_bf16_on_cpu_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hf_cskd.cskd_trainer, "class_wise_kd_loss", spy)
     monkeypatch.setattr(ViTForImageClassification, "forward", forward_spy)
-    trainer = run(tmp_path, "--bf16", "--use_cpu", "--logging_steps", "1", "--no_calibrate")
+    trainer = run(tmp_path, "--bf16", "--use_cpu", "--logging_steps", "1", "--no_calibrate", "--cskd_mode", "pairs")
     assert seen and all(out == torch.float32 for _, out in seen)
     assert forwards and all(forwards)  # anchor and pair forwards really ran under bf16 autocast
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -201,10 +202,12 @@ def test_json_and_yaml_argument_files(tmp_path):
     (tmp_path / "args.json").write_text(json.dumps(arguments))
     model_args, data_args, training_args = train_vit.parse_arguments([str(tmp_path / "args.json")])
     assert training_args.cskd_lambda == 0.5 and training_args.learning_rate == 1e-3  # from-scratch defaults
+    assert training_args.cskd_mode == "queue"  # the embedded run's default (chosen on validation)
     assert data_args.horizontal_flip is False and model_args.model_name_or_path is None
     (tmp_path / "args.yaml").write_text("max_steps: 2\ndataset_name: beans\nlearning_rate: 0.01\n")
     _, data_args, training_args = train_vit.parse_arguments([str(tmp_path / "args.yaml")])
     assert training_args.learning_rate == 0.01 and data_args.horizontal_flip is True
+    assert training_args.cskd_mode == "pairs"  # the paper's mode everywhere else
 
 
 def test_metrics_on_the_report_split_match_calibration_functions(tmp_path):
