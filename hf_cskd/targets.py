@@ -10,12 +10,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from .class_queue import NO_ID, ClassQueue
 from .collator import EXAMPLE_ID_KEY, SELF_PAIR_KEY, split_pair_inputs
-from .data_errors import fetch_rows
+from .data_errors import NamedRows
 from .pairing import PAIR_PREFIX, ClassPairedDataset, check_stream_features, class_labels, is_iterable
 from .stream_pairing import StreamPairedDataset
 
@@ -104,26 +103,17 @@ class PairTargets(TargetSource):
         return targets, {} if self_pairs is None else {"cskd_self_pair": self_pairs.float().mean()}
 
 
-class ExampleIdDataset(Dataset):
-    """A map-style dataset whose items also carry their row index (`cskd_example_id`); nothing else changes."""
+class ExampleIdDataset(NamedRows):
+    """The training set whose items also carry their row index (`cskd_example_id`); nothing else changes."""
 
     def __init__(self, dataset: Any):
-        self.dataset = dataset
+        super().__init__(dataset, split="train")
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        return [{**example, EXAMPLE_ID_KEY: int(i)} for example, i in zip(super().__getitems__(indices), indices)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        examples = fetch_rows(self.dataset, indices)  # a row that cannot be loaded is named in the error
-        return [{**example, EXAMPLE_ID_KEY: int(i)} for example, i in zip(examples, indices)]
-
-    def __getattr__(self, name: str) -> Any:  # e.g. `column_names`, read by samplers and the recipes
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 def gather_rows(accelerator: Accelerator | None, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], slice]:
