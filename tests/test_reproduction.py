@@ -95,3 +95,19 @@ def test_quality_study_runs_resumes_and_reports(tmp_path, regime):
     assert f"<!-- begin {regime} -->" in text and "kept" in text and text.rstrip().endswith("my notes")
     assert "| CS-KD queue | " in text and re.search(r"\([0-2]/2 lower\)", text)
     assert text.count("| cross-entropy | ") == 3  # mean table + 2 seeds
+
+
+def test_glyph_pretraining_set_is_deterministic_and_latin_only():
+    sys.path.insert(0, str(ROOT / "recipes" / "data"))
+    import glyphs
+
+    fonts = {path.stem for path in glyphs.latin_fonts()}
+    assert {"DejaVuSans", "DejaVuSerif-Italic", "STIXGeneral", "cmr10"} <= fonts
+    assert not fonts & {"cmsy10", "cmex10", "LastResortHE-Regular"} and not any(f.startswith("STIXSiz") for f in fonts)
+    a, b, other = glyphs.glyph_dataset(2, seed=0), glyphs.glyph_dataset(2, seed=0), glyphs.glyph_dataset(2, seed=1)
+    assert len(a) == 124 and a.features["label"].names == glyphs.CLASSES and len(glyphs.CLASSES) == 62
+    assert np.bincount(a["label"]).tolist() == [2] * 62
+    raw = [np.asarray(image) for image in a["image"]]
+    assert all(image.shape == (8, 8) and image.dtype == np.uint8 for image in raw)
+    assert all(np.array_equal(x, np.asarray(y)) for x, y in zip(raw, b["image"]))  # same seed: same pixels
+    assert sum(not np.array_equal(x, np.asarray(y)) for x, y in zip(raw, other["image"])) > 100
