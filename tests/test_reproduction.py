@@ -111,3 +111,23 @@ def test_glyph_pretraining_set_is_deterministic_and_latin_only():
     assert all(image.shape == (8, 8) and image.dtype == np.uint8 for image in raw)
     assert all(np.array_equal(x, np.asarray(y)) for x, y in zip(raw, b["image"]))  # same seed: same pixels
     assert sum(not np.array_equal(x, np.asarray(y)) for x, y in zip(raw, other["image"])) > 100
+
+
+def test_glyph_pretraining_then_fine_tuning_through_the_recipe(tmp_path):
+    import pretrain_glyphs
+    import train_vit
+
+    pretrained = tmp_path / "glyphs-vit"
+    trainer = pretrain_glyphs.main(["--per_class", "2", "--eval_per_class", "1", "--max_steps", "2",
+                                    "--output_dir", str(pretrained)])  # fmt: skip
+    assert trainer.model.config.num_labels == 62 and (pretrained / "preprocessor_config.json").is_file()
+    encoder = {k: v.clone() for k, v in trainer.model.state_dict().items() if not k.startswith("classifier")}
+    fine = train_vit.main(["--model_name_or_path", str(pretrained), "--ignore_mismatched_sizes", "--max_steps", "1",
+                           "--learning_rate", "0", "--max_eval_samples", "16", "--disable_tqdm", "true",
+                           "--output_dir", str(tmp_path / "fine")])  # fmt: skip
+    assert fine.model.config.num_labels == 10 and fine.model.classifier.out_features == 10
+    tuned = fine.model.state_dict()
+    assert set(encoder) <= set(tuned)  # every pretrained encoder weight is in the fine-tuned model ...
+    for name, value in encoder.items():  # ... unchanged at lr 0: the encoder is exactly the pretrained one
+        torch.testing.assert_close(tuned[name], value, msg=name)
+    assert "huggingface.co/" not in (tmp_path / "fine" / "README.md").read_text()  # a local base: never linked
