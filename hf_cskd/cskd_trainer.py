@@ -425,6 +425,11 @@ class CSKDTrainer(Trainer):
         reloaded = type(model).from_pretrained(folder, config=model.config)
         model.load_state_dict(reloaded.state_dict())
 
+    def _write_training_args(self, folder: str) -> None:
+        """The training arguments as JSON (tokens are masked by `to_dict()`), where `Trainer` pickles them."""
+        with open(os.path.join(folder, "training_args.json"), "w") as file:
+            file.write(self.args.to_json_string())
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save as `Trainer` does, but the training arguments as JSON instead of a pickle."""
         super()._save(output_dir, state_dict)
@@ -432,8 +437,7 @@ class CSKDTrainer(Trainer):
         pickled = os.path.join(output_dir, "training_args.bin")
         if os.path.isfile(pickled):
             os.remove(pickled)
-        with open(os.path.join(output_dir, "training_args.json"), "w") as file:
-            file.write(self.args.to_json_string())  # tokens are masked by to_dict()
+        self._write_training_args(output_dir)
         if self.calibration is not None:
             with open(os.path.join(output_dir, "calibration.json"), "w") as file:
                 json.dump(self.calibration, file, indent=2)
@@ -560,15 +564,15 @@ class CSKDTrainer(Trainer):
                 shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(output_dir, name))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        with open(os.path.join(output_dir, "training_args.json"), "w") as file:
-            file.write(self.args.to_json_string())
+        self._write_training_args(output_dir)
         step = (
             f"step {self.state.global_step}" if self.args.save_strategy == "steps" else f"epoch {int(self.state.epoch)}"
         )
         upload = {"repo_id": self.hub_model_id, "token": self.args.hub_token, "revision": self.args.hub_revision,
                   "run_as_future": True}  # fmt: skip
+        api = HfApi()
         jobs = [
-            HfApi().upload_folder(
+            api.upload_folder(
                 folder_path=output_dir,
                 commit_message=f"Training in progress, {step}",
                 ignore_patterns=["_*", "checkpoint-*", *PICKLES],
@@ -578,7 +582,7 @@ class CSKDTrainer(Trainer):
         if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
             in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else None
             jobs.append(
-                HfApi().upload_folder(
+                api.upload_folder(
                     folder_path=checkpoint_folder,
                     path_in_repo=in_repo or Path(checkpoint_folder).name,
                     commit_message=f"Training in progress, {step}, checkpoint",

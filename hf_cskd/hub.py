@@ -8,7 +8,7 @@ from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from transformers.utils import logging
 
-try:  # the transport huggingface_hub uses; its connection errors are worth a retry
+try:  # the transport huggingface_hub uses: its connection errors are transient
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover - another transport
     _TransportError = ConnectionError
@@ -66,7 +66,7 @@ class HubUploadError(RuntimeError):
 
 
 def _is_transient(error: Exception) -> bool:
-    """Server errors (5xx) and broken connections are worth a retry; anything else is not."""
+    """Server errors (5xx) and broken connections (which huggingface_hub retries), not refusals or bugs."""
     status = getattr(getattr(error, "response", None), "status_code", None)
     if isinstance(error, HfHubHTTPError) and status is not None:
         return status >= 500

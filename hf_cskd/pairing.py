@@ -112,16 +112,9 @@ def _check_label_feature(dataset: Any, label_column: str) -> None:
 
 def check_stream_features(stream: Any, label_column: str | None) -> None:
     """A stream's label column, checked from its features (no example read): the map-style errors."""
-    features = getattr(stream, "features", None)
-    if not features:
+    if not getattr(stream, "features", None):
         return
-    column = label_column or next((c for c in DEFAULT_LABEL_COLUMNS if c in features), None)
-    if column is None or column not in features:
-        raise ValueError(
-            f"Label column {column or DEFAULT_LABEL_COLUMNS!r} not found; the stream has {list(features)}. Pass the "
-            "column that holds the class index (`cskd_label_column`)."
-        )
-    _check_label_feature(stream, column)
+    _check_label_feature(stream, _resolve_label_column(stream, label_column))
 
 
 def read_labels(dataset: Any, label_column: str) -> np.ndarray:

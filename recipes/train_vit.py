@@ -37,6 +37,7 @@ from transformers import (
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
 from hf_cskd.image_transforms import eval_transform, train_transform
+from hf_cskd.model_card import hub_id
 from hf_cskd.stream_pairing import StreamPairedDataset
 
 logger = logging.getLogger(__name__)
@@ -216,9 +217,7 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
 
 def check_model_path(name: str) -> None:
     """A missing local folder is reported as such, not as a malformed Hub id or a failed download."""
-    if os.path.exists(name):
-        return
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+    if not os.path.exists(name) and hub_id(name) is None:
         raise FileNotFoundError(
             f"--model_name_or_path {name}: no such folder. Pass an existing local checkpoint folder (with "
             "config.json) or a Hub model id such as google/vit-base-patch16-224-in21k."
@@ -276,6 +275,8 @@ def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
     try:
         base = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
     except OSError as error:
+        if os.path.exists(model_args.model_name_or_path):
+            raise  # a local folder that is not a checkpoint: transformers says what is missing
         raise OSError(
             f"Could not load {model_args.model_name_or_path!r} as a Hub model id (and no such local folder exists): "
             f"{error}"
