@@ -4,34 +4,47 @@
 Real data, offline, on 2 CPU cores: the embedded scikit-learn digits (recipes/data/digits), with
 only `--per_class` training images per class so that regularization matters (with all 1,297
 images every method is near its ceiling). Per seed: a new random subset of the train split for
-training, another disjoint one for validation (used only to fit the temperature), and the
-untouched 500-image test split for every number reported. Same seed = same subset and the same
-initialization for every arm. Every arm runs through `CSKDTrainer` (`cskd_lambda=0` for the
-baselines).
+training, another disjoint part of the train split for validation (used only to fit the
+temperature), and the untouched 500-image test split for every number reported. Same seed = same
+subset and the same initialization for every arm. Every arm runs through `CSKDTrainer`
+(`cskd_lambda=0` for the baselines).
 
 Regimes (`--regime`):
 - `scratch-cnn`: the paper's CIFAR ResNet (BatchNorm) narrowed to widths 32-64-128, from scratch;
   SGD Nesterov lr 0.05, weight decay 5e-4, batch 32, 50 warm-up steps then cosine, ±1 px shifts.
 - `scratch-vit`: a 4-layer ViT (d = 64, 2x2 patches), from scratch; AdamW lr 1e-3, weight decay
   0.05, batch 32, 50 warm-up steps then cosine, ±1 px shifts.
+- `finetune-vit-10`, `finetune-vit-30`, `finetune-resnet-10`, `finetune-resnet-30`: fine-tune a
+  checkpoint pretrained on 62 classes of glyphs (`recipes/pretrain_glyphs.py`; run first when
+  `--pretrained` does not exist) with 10 or 30 images per class, through the user's own path:
+  `recipes/train_vit.py --model_name_or_path CHECKPOINT --ignore_mismatched_sizes`, which fits
+  the temperature on its validation split (15 % of the train split, stratified, new per seed).
 
 Arms: cross-entropy, label smoothing 0.1, CS-KD in paper mode (pairs) and in queue mode, and the
-two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal compute).
-Results are appended to `results/<regime>.jsonl` as each run ends: an interrupted study resumes
-where it stopped. The report replaces the regime's section of RESULTS.md.
+two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal compute); the
+fine-tuning regimes add cross-entropy from a random initialization (what the pretraining is
+worth). Results are appended to `results/<regime>.jsonl` as each run ends: an interrupted study
+resumes where it stopped. The report replaces the regime's section of RESULTS.md.
 
-    python recipes/quality_study.py --regime scratch-cnn          # ~25 min on 2 CPU cores
-    python recipes/quality_study.py --regime scratch-vit
+    python recipes/quality_study.py --regime scratch-cnn          # ~10 min on 2 CPU cores
+    python recipes/quality_study.py --regime finetune-vit-10      # ~5 min, + ~12 min of pretraining the first time
+    python recipes/quality_study.py --regime finetune-resnet-30   # ~13 min, + ~9 min of pretraining the first time
+    python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
 """
 
 import argparse
+import contextlib
+import io
 import json
 import multiprocessing
 import os
+import shlex
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +52,14 @@ import torch
 from datasets import load_dataset
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import calibration_metrics
 from hf_cskd.temperature_scaling import fit_temperature
 
-DIGITS = Path(__file__).parent / "data" / "digits"
+RECIPES = Path(__file__).parent
+DIGITS = RECIPES / "data" / "digits"
 PAIR_STEP_COST = 1.35  # a paper-mode step / a plain step, measured (BENCHMARKS.md)
 ARMS = {  # name -> settings; "epochs" multiplies --epochs
     "cross-entropy": {"lambda": 0.0, "label_smoothing": 0.0},
@@ -57,12 +71,36 @@ ARMS = {  # name -> settings; "epochs" multiplies --epochs
 }
 BASELINE = "cross-entropy"
 SENSITIVITY = [(1.0, 1.0), (1.0, 8.0), (0.5, 4.0), (2.0, 4.0)]  # (λ, T) of paper mode; (1, 4) is the main arm
-REGIMES = {  # name -> (title, model and optimizer)
-    "scratch-cnn": ("a small ResNet trained from scratch", "the paper's CIFAR ResNet with BatchNorm, narrowed to "
-                    "widths 32-64-128 with one BasicBlock per stage, trained from scratch with SGD Nesterov lr 0.05, "
-                    "weight decay 5e-4"),
-    "scratch-vit": ("a small ViT trained from scratch", "a 4-layer ViT (d = 64, 4 heads, 2x2 patches), trained from "
-                    "scratch with AdamW lr 1e-3, weight decay 0.05"),
+FROM_SCRATCH = "cross-entropy, no pretraining"  # fine-tuning regimes only: what the pretraining is worth
+
+
+@dataclass(frozen=True)
+class Regime:
+    title: str
+    model: str  # the model and optimizer, for the report
+    per_class: int  # default training images per class
+    epochs: int  # default epochs
+    pretrained: str | None = None  # "vit" / "resnet": fine-tune a glyph-pretrained checkpoint through train_vit.py
+    seeds: int = 5  # default seeds of the main arms
+
+
+FINETUNE_SETUP = (
+    "fine-tuned from the {kind} checkpoint pretrained on glyphs (`{path}`: {glyphs}) through "
+    "`recipes/train_vit.py --model_name_or_path {path} --ignore_mismatched_sizes` (a new 10-class head); AdamW lr "
+    "{lr:g}, weight decay 0.05, batch 32, 10 % warm-up then cosine, images resized to 16x16 with random crops of "
+    "50-100 % of the area"
+)
+FINETUNE_LR = 5e-4
+REGIMES = {
+    "scratch-cnn": Regime("a small ResNet trained from scratch", "the paper's CIFAR ResNet with BatchNorm, narrowed to "
+                          "widths 32-64-128 with one BasicBlock per stage, trained from scratch with SGD Nesterov lr "
+                          "0.05, weight decay 5e-4", 30, 100),
+    "scratch-vit": Regime("a small ViT trained from scratch", "a 4-layer ViT (d = 64, 4 heads, 2x2 patches), trained "
+                          "from scratch with AdamW lr 1e-3, weight decay 0.05", 30, 100),
+    # 10 seeds: with 10 or 30 images per class the seed-to-seed spread of the error is 1-2 points.
+    **{f"finetune-{kind}-{n}": Regime(f"fine-tuning a pretrained {name}, {n} images per class", FINETUNE_SETUP, n, 30,
+                                      kind, seeds=10)
+       for kind, name in (("vit", "ViT"), ("resnet", "ResNet")) for n in (10, 30)},
 }  # fmt: skip
 NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 
@@ -114,6 +152,12 @@ def build_model(regime: str) -> tuple[torch.nn.Module, tuple, float]:
 
 def run(job: dict) -> dict:
     torch.set_num_threads(1)
+    start = time.perf_counter()
+    result = run_finetune(job) if REGIMES[job["regime"]].pretrained else run_scratch(job)
+    return {**result, "wall_seconds": round(time.perf_counter() - start, 1)}
+
+
+def run_scratch(job: dict) -> dict:
     (train_x, train_y), (test_x, test_y) = load_split("train"), load_split("test")
     train_idx, val_idx = split_indices(train_y, job["per_class"], job["val_per_class"], job["seed"])
     torch.manual_seed(job["seed"])
@@ -146,8 +190,52 @@ def run(job: dict) -> dict:
     }
 
 
+def run_finetune(job: dict) -> dict:
+    """One arm through the user's path: `recipes/train_vit.py` on the checkpoint, calibrated on its validation split."""
+    sys.path.insert(0, str(RECIPES))
+    import train_vit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = job["pretrained"]
+        if job["method"] == FROM_SCRATCH:  # same architecture and processor, random weights (seeded)
+            torch.manual_seed(job["seed"])
+            checkpoint = str(Path(tmp) / "random-init")
+            AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(job["pretrained"])).save_pretrained(
+                checkpoint
+            )
+            (Path(checkpoint) / "preprocessor_config.json").write_bytes(
+                (Path(job["pretrained"]) / "preprocessor_config.json").read_bytes()
+            )
+        output_dir = Path(tmp) / "run"
+        with contextlib.redirect_stdout(io.StringIO()):  # the recipe's tables: the study prints its own line per run
+            train_vit.main([
+                "--model_name_or_path", checkpoint, "--ignore_mismatched_sizes", "--output_dir", str(output_dir),
+                "--max_train_samples_per_class", str(job["per_class"]), "--seed", str(job["seed"]),
+                "--num_train_epochs", str(job["epochs"]), "--learning_rate", str(FINETUNE_LR), "--weight_decay", "0.05",
+                "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine", "--per_device_train_batch_size", "32",
+                "--per_device_eval_batch_size", "500", "--eval_strategy", "no", "--cskd_lambda", str(job["lambda"]),
+                "--cskd_temperature", str(job["temperature"]), "--cskd_mode", job["mode"],
+                "--label_smoothing_factor", str(job["label_smoothing"]), "--disable_tqdm", "true", "--log_level", "error",
+            ])  # fmt: skip
+        test = json.loads((output_dir / "test_results.json").read_text())
+        seconds = json.loads((output_dir / "train_results.json").read_text())["train_runtime"]
+    metrics = ("accuracy", "ece", "nll")
+    return {
+        **job,
+        "train_seconds": round(seconds, 2),
+        "temperature_fit": test["temperature"],
+        "raw": {m: test[f"test_raw_{m}"] for m in metrics},
+        "scaled": {m: test[f"test_{m}"] for m in metrics},
+    }
+
+
 def make_jobs(args: argparse.Namespace) -> list[dict]:
+    regime = REGIMES[args.regime]
     common = {"regime": args.regime, "per_class": args.per_class, "val_per_class": args.val_per_class}
+    arms = dict(ARMS)
+    if regime.pretrained:
+        common = {**common, "val_per_class": None, "pretrained": args.pretrained}
+        arms[FROM_SCRATCH] = {"lambda": 0.0}
 
     def job(group: str, method: str, seed: int, lam: float, temperature: float = 4.0, label_smoothing: float = 0.0,
             mode: str = "pairs", epochs: float = 1.0) -> dict:  # fmt: skip
@@ -155,14 +243,15 @@ def make_jobs(args: argparse.Namespace) -> list[dict]:
                 "label_smoothing": label_smoothing, "mode": mode, "epochs": round(args.epochs * epochs, 2)}  # fmt: skip
 
     jobs = [job("main", name, seed, **{"lam": arm["lambda"], **{k: v for k, v in arm.items() if k != "lambda"}})
-            for seed in range(args.seeds) for name, arm in ARMS.items()]  # fmt: skip
+            for seed in range(args.seeds) for name, arm in arms.items()]  # fmt: skip
     jobs += [job("sensitivity", f"CS-KD pairs (T={t:g}, λ={lam:g})", seed, lam, t)
              for seed in range(args.sensitivity_seeds) for lam, t in SENSITIVITY]  # fmt: skip
     return jobs
 
 
 def job_key(job: dict) -> tuple:
-    return tuple(job[k] for k in ("regime", "group", "method", "seed", "per_class", "val_per_class", "epochs"))
+    keys = ("regime", "group", "method", "seed", "per_class", "val_per_class", "epochs", "pretrained")
+    return tuple(job.get(k) for k in keys)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -188,8 +277,8 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 def paired(runs: list[dict], baseline: list[dict], value, scale: float, digits: int) -> str:
     """Mean paired difference to the baseline ± its standard error, and the seeds where the arm is lower."""
-    by_seed = {r["seed"]: value(r) for r in baseline}
-    diffs = [scale * (value(r) - by_seed[r["seed"]]) for r in runs if r["seed"] in by_seed]
+    by_seed = {(r["regime"], r["seed"]): value(r) for r in baseline}
+    diffs = [scale * (value(r) - by_seed[key]) for r in runs if (key := (r["regime"], r["seed"])) in by_seed]
     if not diffs:
         return "-"
     se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
@@ -197,22 +286,45 @@ def paired(runs: list[dict], baseline: list[dict], value, scale: float, digits: 
     return f"{statistics.mean(diffs):+.{digits}f} ± {se:.{digits}f} ({lower}/{len(diffs)} lower)"
 
 
+def setup_text(args: argparse.Namespace) -> str:
+    """The report's paragraph on data, model and training."""
+    regime = REGIMES[args.regime]
+    epochs = f"{args.epochs} epochs (the `{PAIR_STEP_COST}x` arms: {round(args.epochs * PAIR_STEP_COST, 2)})"
+    common = ("T = 4, λ = 1 for CS-KD; ECE with 15 equal-width bins. Raw = the trained model; TS = after temperature "
+              "scaling fitted on the validation part.")  # fmt: skip
+    if regime.pretrained is None:
+        return (
+            f"Data: scikit-learn digits (real 8x8 handwritten digits), {args.per_class} training images per class "
+            f"(a new random subset per seed), {args.val_per_class} per class held out from the train split to fit the "
+            f"temperature, and the untouched 500-image test split for every number below. Model: {regime.model}; "
+            f"batch 32, 50 warm-up steps then cosine, {epochs}, ±1 px random shifts; {common}"
+        )
+    glyphs_file = Path(args.pretrained) / "glyphs_results.json"
+    glyphs = json.loads(glyphs_file.read_text()) if glyphs_file.is_file() else {}
+    pretraining = (f"62-class held-out glyph accuracy {100 * glyphs['glyphs_accuracy']:.1f} %"
+                   if "glyphs_accuracy" in glyphs else "pretraining metrics not found")  # fmt: skip
+    model = regime.model.format(kind=regime.pretrained, path=args.pretrained, glyphs=pretraining, lr=FINETUNE_LR)
+    return (
+        f"Data: scikit-learn digits (real 8x8 handwritten digits), {args.per_class} training images per class (a new "
+        "random subset per seed, `--max_train_samples_per_class`), 15 % of the train split held out (stratified, new "
+        "per seed: about 19 images per class) to fit the temperature, and the untouched 500-image test split for "
+        f"every number below. Model: {model}; {epochs}; {common} `{FROM_SCRATCH}`: the same architecture and recipe "
+        "from random weights."
+    )
+
+
 def report(results: list[dict], args: argparse.Namespace, command: str, minutes: float) -> str:
     main = [r for r in results if r["group"] == "main"]
-    by_arm = {name: sorted((r for r in main if r["method"] == name), key=lambda r: r["seed"]) for name in ARMS}
+    names = [*ARMS, FROM_SCRATCH]
+    by_arm = {name: sorted((r for r in main if r["method"] == name), key=lambda r: r["seed"]) for name in names}
     by_arm = {name: runs for name, runs in by_arm.items() if runs}
     seeds = max((len(runs) for runs in by_arm.values()), default=0)
     lines = [
-        f"## Regime `{args.regime}`: {REGIMES[args.regime][0]}",
+        f"## Regime `{args.regime}`: {REGIMES[args.regime].title}",
         "",
         f"Produced by `{command}` ({minutes:.1f} min of runs on {os.cpu_count()} CPU cores; hf-cskd `CSKDTrainer`).",
         "",
-        f"Data: scikit-learn digits (real 8x8 handwritten digits), {args.per_class} training images per class "
-        f"(a new random subset per seed), {args.val_per_class} per class held out from the train split to fit the "
-        f"temperature, and the untouched 500-image test split for every number below. Model: {REGIMES[args.regime][1]}; "
-        f"batch 32, 50 warm-up steps then cosine, {args.epochs} epochs (the `{PAIR_STEP_COST}x` arms: "
-        f"{round(args.epochs * PAIR_STEP_COST, 2)}), ±1 px random shifts; T = 4, λ = 1 for CS-KD; ECE with 15 "
-        "equal-width bins. Raw = the trained model; TS = after temperature scaling fitted on the validation subset.",
+        setup_text(args),
         *table_head(f"### Mean ± std over {seeds} seeds (test split)", ["arm", *METRICS, "fitted T", "train s"]),
     ]
     for name, runs in by_arm.items():
@@ -236,6 +348,13 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
             share = f"{gains[1] / gains[0]:.2f}" if gains[0] > 0 else "n/a (paper mode did not gain)"
             lines.append(f"- {what}: paper gain {gains[0] * (100 if label == 'raw' else 1):.3f}, queue gain "
                          f"{gains[1] * (100 if label == 'raw' else 1):.3f}, share {share}")  # fmt: skip
+    if BASELINE in by_arm:
+        base = {r["seed"]: r["train_seconds"] for r in by_arm[BASELINE]}
+        ratios = {name: [r["train_seconds"] / base[r["seed"]] for r in runs if r["seed"] in base]
+                  for name, runs in by_arm.items() if name != BASELINE}  # fmt: skip
+        lines += ["", f"Training time relative to cross-entropy (same seed; mean ± std of the per-seed ratios, {args.workers} runs "
+                  "in parallel): " + "; ".join(f"{name} {mean_std(values)}x"
+                                                               for name, values in ratios.items() if values)]  # fmt: skip
     lines += table_head("### Per-seed numbers (test split)", ["arm", "seed", *METRICS, "T", "train s"])
     for name, runs in by_arm.items():
         for r in runs:
@@ -256,6 +375,28 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
     return "\n".join(lines) + "\n"
 
 
+def pooled_report(prefix: str, results: list[dict], command: str) -> str:
+    """Paired differences pooled over several regimes: more pairs, so a smaller standard error."""
+    main = [r for r in results if r["group"] == "main"]
+    regimes = sorted({r["regime"] for r in main})
+    by_arm = {name: [r for r in main if r["method"] == name] for name in ARMS}
+    equal_compute = f"{BASELINE}, {PAIR_STEP_COST}x epochs"
+    lines = [
+        f"## Pooled over the `{prefix}*` regimes",
+        "",
+        f"Produced by `{command}` from the results of {', '.join(f'`{r}`' for r in regimes)}: every (regime, seed) "
+        "pair counts once, the standard error is over all pairs.",
+    ]
+    for baseline in (BASELINE, equal_compute):
+        lines += table_head(f"### Paired difference to {baseline}: mean ± standard error, and pairs where the arm is "
+                            "lower", ["arm", *METRICS])  # fmt: skip
+        for name, runs in by_arm.items():
+            if name not in (BASELINE, baseline) and runs and by_arm[baseline]:
+                cells = [paired(runs, by_arm[baseline], *metric) for metric in METRICS.values()]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def replace_section(text: str, regime: str, section: str) -> str:
     """Put the regime's section between its markers, keeping other regimes' sections and the notes."""
     begin, end = f"<!-- begin {regime} -->", f"<!-- end {regime} -->"
@@ -272,15 +413,45 @@ def replace_section(text: str, regime: str, section: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=list(REGIMES), default="scratch-cnn")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds of the main arms (regime's default)")
     parser.add_argument("--sensitivity_seeds", type=int, default=3)
-    parser.add_argument("--per_class", type=int, default=30)
-    parser.add_argument("--val_per_class", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--per_class", type=int, default=None, help="training images per class (regime's default)")
+    parser.add_argument(
+        "--val_per_class", type=int, default=20, help="from-scratch regimes: validation images per class"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the 1x arms (regime's default)")
+    parser.add_argument("--pretrained", default=None, help="fine-tuning regimes: the checkpoint folder (default "
+                        "outputs/pretrained/glyphs-<vit|resnet>; pretrained with recipes/pretrain_glyphs.py when missing)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--pool", metavar="PREFIX", default=None, help="run nothing: write the paired differences "
+                        "pooled over the finished regimes whose name starts with PREFIX (e.g. finetune-)")  # fmt: skip
     parser.add_argument("--results", default=None, help="JSON lines of finished runs (default results/<regime>.jsonl)")
     parser.add_argument("--output", default="RESULTS.md")
     args = parser.parse_args()
+    command = shlex.join(["python", "recipes/quality_study.py", *sys.argv[1:]])
+    output = Path(args.output)
+    if args.pool:
+        files = [Path(f"results/{name}.jsonl") for name in REGIMES if name.startswith(args.pool)]
+        results = [json.loads(line) for path in files if path.is_file() for line in path.read_text().splitlines()]
+        if not results:
+            raise SystemExit(f"--pool {args.pool}: no finished runs in {', '.join(map(str, files)) or 'results/'}")
+        text = output.read_text() if output.is_file() else ""
+        output.write_text(replace_section(text, f"pooled-{args.pool.rstrip('-')}", pooled_report(args.pool, results,
+                                                                                                    command)))  # fmt: skip
+        print(f"wrote the pooled {args.pool}* section of {output}")
+        return
+    regime = REGIMES[args.regime]
+    for name in ("seeds", "per_class", "epochs"):  # the regime's defaults
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(regime, name))
+    if regime.pretrained:
+        args.pretrained = args.pretrained or f"outputs/pretrained/glyphs-{regime.pretrained}"
+        if not (Path(args.pretrained) / "config.json").is_file():
+            print(f"{args.pretrained} has no checkpoint: pretraining it with recipes/pretrain_glyphs.py first")
+            sys.path.insert(0, str(RECIPES))
+            import pretrain_glyphs
+
+            pretrain_glyphs.main(["--model", regime.pretrained, "--output_dir", args.pretrained])
     results_path = Path(args.results or f"results/{args.regime}.jsonl")
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
@@ -299,11 +470,7 @@ def main() -> None:
             results.append(result)
             progress.write(f"{result['method']} seed {result['seed']}: error {100 * (1 - result['raw']['accuracy']):.2f}% "
                            f"ECE {100 * result['raw']['ece']:.2f}% -> TS {100 * result['scaled']['ece']:.2f}%")  # fmt: skip
-    minutes = sum(r["train_seconds"] for r in results) / 60 / max(args.workers, 1)
-    command = "python recipes/quality_study.py" + "".join(
-        f" --{k} {v}" for k, v in vars(args).items() if v != parser.get_default(k)
-    )
-    output = Path(args.output)
+    minutes = sum(r.get("wall_seconds", r["train_seconds"]) for r in results) / 60 / max(args.workers, 1)
     text = output.read_text() if output.is_file() else ""
     output.write_text(replace_section(text, args.regime, report(results, args, command, minutes)))
     print(f"wrote the {args.regime} section of {output} ({(time.perf_counter() - start) / 60:.1f} min this time)")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 import transformers
 import yaml
@@ -108,6 +109,13 @@ class DataArguments:
         default=0.15, metadata={"help": "Fraction of train carved out (stratified) when there is no validation split."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_train_samples_per_class: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep a random subset of at most N training images per class (seeded by --seed), after the "
+            "validation split is carved out: few-shot fine-tuning."
+        },
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the validation and test sets (debugging)."}
     )
@@ -154,6 +162,11 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, CSK
     else:
         parser.set_defaults(**defaults)
         parsed = parser.parse_args_into_dataclasses(argv)
+    if parsed[1].streaming and parsed[1].max_train_samples_per_class is not None:
+        raise ValueError(
+            "--max_train_samples_per_class needs the whole training set's labels up front, which a stream does not "
+            "have: drop --streaming, or use --max_train_samples."
+        )
     if parsed[1].streaming and parsed[2].max_steps <= 0:
         raise ValueError(
             "--streaming reads the training set as a stream of unknown length, so the number of epochs means nothing: "
@@ -204,6 +217,10 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
             test_size=data_args.train_val_split, seed=seed, stratify_by_column=data_args.label_column_name
         )
         raw["train"], raw["validation"] = split["train"], split["test"]
+    if data_args.max_train_samples_per_class is not None:
+        raw["train"] = per_class_subset(
+            raw["train"], data_args.label_column_name, data_args.max_train_samples_per_class, seed
+        )
     if data_args.max_train_samples is not None:
         raw["train"] = (
             raw["train"].shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(raw["train"]))))
@@ -213,6 +230,18 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
             if name in raw:
                 raw[name] = raw[name].select(range(min(data_args.max_eval_samples, len(raw[name]))))
     return raw
+
+
+def per_class_subset(dataset: datasets.Dataset, label_column: str, per_class: int, seed: int) -> datasets.Dataset:
+    """A seeded random subset with at most `per_class` rows of each class (classes with fewer keep all)."""
+    if per_class < 1:
+        raise ValueError(f"--max_train_samples_per_class must be at least 1, got {per_class}.")
+    labels = np.asarray(dataset[label_column])
+    rng = np.random.default_rng(seed)
+    keep = [i for label in np.unique(labels) for i in rng.permutation(np.flatnonzero(labels == label))[:per_class]]
+    short = int(sum(np.bincount(labels) < per_class))
+    logger.info(f"Training on {len(keep)} images: at most {per_class} per class ({short} classes have fewer).")
+    return dataset.select(sorted(keep))
 
 
 def check_model_path(name: str) -> None:
@@ -351,6 +380,10 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     for library in (datasets, transformers):
         library.utils.logging.set_verbosity(log_level)
     logger.setLevel(log_level)
+    if training_args.log_level != "passive":  # an explicit --log_level quiets (or opens) the library's messages too
+        logging.getLogger("hf_cskd").setLevel(log_level)
+    if training_args.disable_tqdm:  # also the weight-loading and shard-writing bars
+        transformers.utils.logging.disable_progress_bar()
     transformers.set_seed(training_args.seed)
     if training_args.cskd_label_column is None:  # pair by the column the data arguments name
         training_args.cskd_label_column = data_args.label_column_name

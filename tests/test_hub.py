@@ -77,3 +77,13 @@ def test_failed_uploads_say_whether_anything_reached_the_hub(tmp_path, hub):
         assert "local output is unchanged" in report[fault]["message"]
     assert report["local_output_unchanged"] and report["trainer_output_intact"]
     assert "alice/trainer-push" in state.repos and not state.repos["alice/trainer-push"]["files"]
+
+
+def test_fine_tuning_a_glyph_checkpoint_served_by_the_hub(tmp_path, hub):
+    """The fine-tuning study's path, by repo id: pretrain, publish, then train_vit.py downloads and fine-tunes it."""
+    endpoint, state = hub
+    report = run_script(SCRIPTS / "hub_finetune.py", tmp_path, endpoint)
+    assert "alice/glyphs-vit" in state.repos and report["num_labels"] == 10 and report["train_examples"] == 30
+    assert report["encoder_unchanged"]  # at lr 0 the encoder is exactly the one downloaded from the Hub
+    assert "fine-tuned version of [alice/glyphs-vit](https://huggingface.co/alice/glyphs-vit)" in report["card"]
+    assert "base_model: alice/glyphs-vit" in report["card"]

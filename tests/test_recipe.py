@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
@@ -183,6 +184,25 @@ def test_pretrained_checkpoint_path(tmp_path, local_checkpoint):
     assert trainer.model.classifier.out_features == 3
     assert trainer.args.learning_rate == 5e-5  # fine-tuning keeps the TrainingArguments default
     assert list(AutoImageProcessor.from_pretrained(tmp_path / "out").image_mean) == [0.4] * 3
+
+
+def test_per_class_subset_is_seeded_stratified_and_disjoint_from_validation(tmp_path):
+    trainer = run(tmp_path, "--max_train_samples_per_class", "3", "--seed", "5")
+    assert len(trainer.train_dataset) == 30  # the flag reaches the trainer
+    data_args = train_vit.DataArguments(max_train_samples_per_class=3)
+    splits = [train_vit.load_splits(data_args, train_vit.ModelArguments(), seed) for seed in (5, 5, 6)]
+    rows = [{bytes(image["bytes"]) for image in split["train"].cast_column("image", ImageFeature(decode=False))["image"]}
+            for split in splits]  # fmt: skip
+    held_out = {
+        bytes(i["bytes"]) for i in splits[0]["validation"].cast_column("image", ImageFeature(decode=False))["image"]
+    }
+    assert rows[0] == rows[1] and rows[0] != rows[2]  # same seed, same subset; another seed, another one
+    assert len(rows[0]) == 30 and not rows[0] & held_out  # never a validation image
+    assert np.bincount(splits[0]["train"]["label"], minlength=10).tolist() == [3] * 10
+    with pytest.raises(ValueError, match="at least 1"):
+        train_vit.per_class_subset(splits[0]["train"], "label", 0, seed=0)
+    with pytest.raises(ValueError, match="--max_train_samples_per_class .* drop --streaming"):
+        train_vit.main(["--streaming", "--max_steps", "2", "--max_train_samples_per_class", "3"])
 
 
 def test_wrong_input_fails_before_training(tmp_path):

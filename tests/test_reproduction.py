@@ -67,8 +67,21 @@ def test_reproduction_recipe_on_a_local_stand_in(tmp_path, cifar_stand_in):
     assert model.config.id2label[7] == "class_7" and (out / "test_results.json").is_file()
 
 
-@pytest.mark.parametrize("regime", ["scratch-cnn", "scratch-vit"])
-def test_quality_study_runs_resumes_and_reports(tmp_path, regime):
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory) -> dict[str, Path]:
+    """Glyph checkpoints of both kinds after 2 pretraining steps: the fine-tuning regimes' smallest configuration."""
+    import pretrain_glyphs
+
+    folders = {}
+    for kind in ("vit", "resnet"):
+        folders[kind] = tmp_path_factory.mktemp("pretrained") / f"glyphs-{kind}"
+        pretrain_glyphs.main(["--model", kind, "--per_class", "2", "--eval_per_class", "1", "--max_steps", "2",
+                              "--output_dir", str(folders[kind])])  # fmt: skip
+    return folders
+
+
+@pytest.mark.parametrize("regime", ["scratch-cnn", "scratch-vit", "finetune-vit-10", "finetune-resnet-10"])
+def test_quality_study_runs_resumes_and_reports(tmp_path, regime, request):
     import quality_study
 
     results, output = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md"
@@ -77,10 +90,16 @@ def test_quality_study_runs_resumes_and_reports(tmp_path, regime):
     command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", regime, "--seeds", "2",
                "--sensitivity_seeds", "0", "--epochs", "1", "--per_class", "3", "--val_per_class", "2", "--workers",
                "1", "--results", str(results), "--output", str(output)]  # fmt: skip
+    arms = dict(quality_study.ARMS)
+    pretrained = quality_study.REGIMES[regime].pretrained
+    if pretrained:
+        command += ["--pretrained", str(request.getfixturevalue("tiny_pretrained")[pretrained])]
+        arms[quality_study.FROM_SCRATCH] = {}
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = [json.loads(line) for line in results.read_text().splitlines()]
-    assert len(runs) == 2 * len(quality_study.ARMS) and {r["regime"] for r in runs} == {regime}
+    assert len(runs) == 2 * len(arms) and {r["regime"] for r in runs} == {regime}
+    assert {r["method"] for r in runs} == set(arms)
     for run in runs:
         assert 0 <= run["raw"]["accuracy"] <= 1 and run["temperature_fit"] > 0
         assert run["scaled"]["accuracy"] == run["raw"]["accuracy"]  # TS never changes predictions
@@ -95,6 +114,25 @@ def test_quality_study_runs_resumes_and_reports(tmp_path, regime):
     assert f"<!-- begin {regime} -->" in text and "kept" in text and text.rstrip().endswith("my notes")
     assert "| CS-KD queue | " in text and re.search(r"\([0-2]/2 lower\)", text)
     assert text.count("| cross-entropy | ") == 3  # mean table + 2 seeds
+    if pretrained:  # the report names the checkpoint it fine-tuned, and the path a user takes
+        assert "--ignore_mismatched_sizes" in text and "3 training images per class" in text
+
+
+def test_pooled_differences_pair_runs_by_regime_and_seed():
+    import quality_study
+
+    def result(regime: str, seed: int, method: str, accuracy: float) -> dict:
+        metrics = {"accuracy": accuracy, "ece": 0.1, "nll": 0.5}
+        return {"regime": regime, "seed": seed, "method": method, "group": "main", "raw": metrics, "scaled": metrics}
+
+    accuracies = {("a", 0): (0.90, 0.92), ("a", 1): (0.90, 0.91), ("b", 0): (0.80, 0.80), ("b", 1): (0.85, 0.84)}
+    results = [result(regime, seed, method, accuracy) for (regime, seed), pair in accuracies.items()
+               for method, accuracy in zip(("cross-entropy", "CS-KD pairs"), pair)]  # fmt: skip
+    text = quality_study.pooled_report("x-", results, "cmd")
+    # error differences -2, -1, 0, +1 points: mean -0.5, std sqrt(5/3), standard error sqrt(5/3) / 2 = 0.645
+    row = next(line for line in text.splitlines() if line.startswith("| CS-KD pairs |"))
+    assert row.startswith("| CS-KD pairs | -0.50 ± 0.65 (2/4 lower) | +0.00 ± 0.00 (0/4 lower) |")
+    assert "`a`, `b`" in text and "| cross-entropy |" not in text
 
 
 def test_glyph_pretraining_set_is_deterministic_and_latin_only():
