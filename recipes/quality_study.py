@@ -23,12 +23,13 @@ Regimes (`--regime`):
 Arms: cross-entropy, label smoothing 0.1, CS-KD in paper mode (pairs) and in queue mode, and the
 two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal compute); the
 fine-tuning regimes add cross-entropy from a random initialization (what the pretraining is
-worth). Results are appended to `results/<regime>.jsonl` as each run ends: an interrupted study
-resumes where it stopped. The report replaces the regime's section of RESULTS.md.
+worth). Sensitivity: T in {1, 4, 8} and λ in {0.5, 1, 2} for paper mode (and queue mode in the
+fine-tuning regimes), `--sensitivity_seeds` seeds. Results are appended to
+`results/<regime>.jsonl` as each run ends: an interrupted study resumes where it stopped. The report replaces the regime's section of RESULTS.md.
 
     python recipes/quality_study.py --regime scratch-cnn          # ~10 min on 2 CPU cores
     python recipes/quality_study.py --regime finetune-vit-10      # ~5 min, + ~12 min of pretraining the first time
-    python recipes/quality_study.py --regime finetune-resnet-30   # ~13 min, + ~9 min of pretraining the first time
+    python recipes/quality_study.py --regime finetune-resnet-30   # ~14 min, + ~9 min of pretraining the first time
     python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
 """
@@ -70,7 +71,7 @@ ARMS = {  # name -> settings; "epochs" multiplies --epochs
     f"label smoothing 0.1, {PAIR_STEP_COST}x epochs": {"lambda": 0.0, "label_smoothing": 0.1, "epochs": PAIR_STEP_COST},
 }
 BASELINE = "cross-entropy"
-SENSITIVITY = [(1.0, 1.0), (1.0, 8.0), (0.5, 4.0), (2.0, 4.0)]  # (λ, T) of paper mode; (1, 4) is the main arm
+SENSITIVITY = [(1.0, 1.0), (1.0, 8.0), (0.5, 4.0), (2.0, 4.0)]  # (λ, T) besides the main arms' (1, 4)
 FROM_SCRATCH = "cross-entropy, no pretraining"  # fine-tuning regimes only: what the pretraining is worth
 
 
@@ -82,6 +83,7 @@ class Regime:
     epochs: int  # default epochs
     pretrained: str | None = None  # "vit" / "resnet": fine-tune a glyph-pretrained checkpoint through train_vit.py
     seeds: int = 5  # default seeds of the main arms
+    sensitivity_modes: tuple[str, ...] = ("pairs",)  # the CS-KD modes whose T and λ are varied
 
 
 FINETUNE_SETUP = (
@@ -98,8 +100,9 @@ REGIMES = {
     "scratch-vit": Regime("a small ViT trained from scratch", "a 4-layer ViT (d = 64, 4 heads, 2x2 patches), trained "
                           "from scratch with AdamW lr 1e-3, weight decay 0.05", 30, 100),
     # 10 seeds: with 10 or 30 images per class the seed-to-seed spread of the error is 1-2 points.
+    # Queue mode's T and λ too: it is the mode recommended for fine-tuning.
     **{f"finetune-{kind}-{n}": Regime(f"fine-tuning a pretrained {name}, {n} images per class", FINETUNE_SETUP, n, 30,
-                                      kind, seeds=10)
+                                      kind, seeds=10, sensitivity_modes=("pairs", "queue"))
        for kind, name in (("vit", "ViT"), ("resnet", "ResNet")) for n in (10, 30)},
 }  # fmt: skip
 NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
@@ -244,8 +247,9 @@ def make_jobs(args: argparse.Namespace) -> list[dict]:
 
     jobs = [job("main", name, seed, **{"lam": arm["lambda"], **{k: v for k, v in arm.items() if k != "lambda"}})
             for seed in range(args.seeds) for name, arm in arms.items()]  # fmt: skip
-    jobs += [job("sensitivity", f"CS-KD pairs (T={t:g}, λ={lam:g})", seed, lam, t)
-             for seed in range(args.sensitivity_seeds) for lam, t in SENSITIVITY]  # fmt: skip
+    jobs += [job("sensitivity", f"CS-KD {mode} (T={t:g}, λ={lam:g})", seed, lam, t, mode=mode)
+             for mode in regime.sensitivity_modes for seed in range(args.sensitivity_seeds)
+             for lam, t in SENSITIVITY]  # fmt: skip
     return jobs
 
 
@@ -363,21 +367,28 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
                          f"{r['train_seconds']} |")  # fmt: skip
     sensitivity = [r for r in results if r["group"] == "sensitivity"]
     if sensitivity:
-        sensitivity += [r for r in by_arm.get("CS-KD pairs", []) if r["seed"] < args.sensitivity_seeds]
+        for mode in ("pairs", "queue"):  # the main arm of the mode, on the same seeds, is its (λ = 1, T = 4) row
+            sensitivity += [r for r in by_arm.get(f"CS-KD {mode}", []) if r["seed"] < args.sensitivity_seeds]
         lines += table_head(
-            f"### Sensitivity of paper-mode CS-KD to T and λ: mean ± std over {args.sensitivity_seeds} seeds",
-            ["λ", "T", *METRICS],
+            f"### Sensitivity of CS-KD to T and λ: mean ± std over {args.sensitivity_seeds} seeds",
+            ["mode", "λ", "T", *METRICS],
         )
-        for lam, temperature in sorted({(r["lambda"], r["temperature"]) for r in sensitivity}):
-            runs = [r for r in sensitivity if (r["lambda"], r["temperature"]) == (lam, temperature)]
+        for mode, lam, temperature in sorted({(r["mode"], r["lambda"], r["temperature"]) for r in sensitivity}):
+            runs = [r for r in sensitivity if (r["mode"], r["lambda"], r["temperature"]) == (mode, lam, temperature)]
             cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
-            lines.append(f"| {lam} | {temperature} | " + " | ".join(cells) + " |")
+            lines.append(f"| {mode} | {lam} | {temperature} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def pooled_report(prefix: str, results: list[dict], command: str) -> str:
     """Paired differences pooled over several regimes: more pairs, so a smaller standard error."""
-    main = [r for r in results if r["group"] == "main"]
+
+    def at_defaults(r: dict) -> bool:  # a results file may also hold runs with other --per_class / --epochs
+        regime = REGIMES[r["regime"]]
+        epochs = round(regime.epochs * ARMS.get(r["method"], {}).get("epochs", 1.0), 2)
+        return r["group"] == "main" and r["per_class"] == regime.per_class and r["epochs"] == epochs
+
+    main = [r for r in results if at_defaults(r)]
     regimes = sorted({r["regime"] for r in main})
     by_arm = {name: [r for r in main if r["method"] == name] for name in ARMS}
     equal_compute = f"{BASELINE}, {PAIR_STEP_COST}x epochs"
@@ -385,7 +396,8 @@ def pooled_report(prefix: str, results: list[dict], command: str) -> str:
         f"## Pooled over the `{prefix}*` regimes",
         "",
         f"Produced by `{command}` from the results of {', '.join(f'`{r}`' for r in regimes)}: every (regime, seed) "
-        "pair counts once, the standard error is over all pairs.",
+        "pair counts once (runs at each regime's default images per class and epochs), the standard error is over "
+        "all pairs.",
     ]
     for baseline in (BASELINE, equal_compute):
         lines += table_head(f"### Paired difference to {baseline}: mean ± standard error, and pairs where the arm is "

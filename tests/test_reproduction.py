@@ -121,18 +121,42 @@ def test_quality_study_runs_resumes_and_reports(tmp_path, regime, request):
 def test_pooled_differences_pair_runs_by_regime_and_seed():
     import quality_study
 
-    def result(regime: str, seed: int, method: str, accuracy: float) -> dict:
+    def result(regime: str, seed: int, method: str, accuracy: float, per_class: int = 10) -> dict:
         metrics = {"accuracy": accuracy, "ece": 0.1, "nll": 0.5}
-        return {"regime": regime, "seed": seed, "method": method, "group": "main", "raw": metrics, "scaled": metrics}
+        return {"regime": regime, "seed": seed, "method": method, "group": "main", "per_class": per_class,
+                "epochs": 30, "raw": metrics, "scaled": metrics}  # fmt: skip
 
-    accuracies = {("a", 0): (0.90, 0.92), ("a", 1): (0.90, 0.91), ("b", 0): (0.80, 0.80), ("b", 1): (0.85, 0.84)}
+    a, b = "finetune-resnet-10", "finetune-vit-10"
+    accuracies = {(a, 0): (0.90, 0.92), (a, 1): (0.90, 0.91), (b, 0): (0.80, 0.80), (b, 1): (0.85, 0.84)}
     results = [result(regime, seed, method, accuracy) for (regime, seed), pair in accuracies.items()
                for method, accuracy in zip(("cross-entropy", "CS-KD pairs"), pair)]  # fmt: skip
-    text = quality_study.pooled_report("x-", results, "cmd")
+    results.append(result(a, 2, "CS-KD pairs", 0.10, per_class=3))  # another setting: left out
+    results.append(result(a, 2, "cross-entropy", 0.90, per_class=3))
+    text = quality_study.pooled_report("finetune-", results, "cmd")
     # error differences -2, -1, 0, +1 points: mean -0.5, std sqrt(5/3), standard error sqrt(5/3) / 2 = 0.645
     row = next(line for line in text.splitlines() if line.startswith("| CS-KD pairs |"))
     assert row.startswith("| CS-KD pairs | -0.50 ± 0.65 (2/4 lower) | +0.00 ± 0.00 (0/4 lower) |")
-    assert "`a`, `b`" in text and "| cross-entropy |" not in text
+    assert f"`{a}`, `{b}`" in text and "| cross-entropy |" not in text
+
+
+@pytest.mark.parametrize(("regime", "modes"), [("scratch-cnn", {"pairs"}), ("finetune-vit-30", {"pairs", "queue"})])
+def test_study_jobs_pair_arms_by_seed_and_vary_t_and_lambda(regime, modes):
+    import argparse
+
+    import quality_study
+
+    args = argparse.Namespace(regime=regime, seeds=2, sensitivity_seeds=1, per_class=30, val_per_class=20, epochs=10,
+                              pretrained="ckpt")  # fmt: skip
+    jobs = quality_study.make_jobs(args)
+    main = [job for job in jobs if job["group"] == "main"]
+    arms = set(quality_study.ARMS) | ({quality_study.FROM_SCRATCH} if regime.startswith("finetune") else set())
+    assert {job["method"] for job in main} == arms and len(main) == 2 * len(arms)
+    assert {job["epochs"] for job in main} == {10, 13.5}  # the equal-compute arms: 1.35x the epochs
+    sensitivity = [job for job in jobs if job["group"] == "sensitivity"]
+    assert {job["mode"] for job in sensitivity} == modes and len(sensitivity) == 4 * len(modes)
+    assert {(job["lambda"], job["temperature"]) for job in sensitivity} == set(quality_study.SENSITIVITY)
+    assert all(job["method"].startswith(f"CS-KD {job['mode']} (") for job in sensitivity)
+    assert len({quality_study.job_key(job) for job in jobs}) == len(jobs)  # every run resumable on its own
 
 
 def test_glyph_pretraining_set_is_deterministic_and_latin_only():
