@@ -31,7 +31,7 @@ from .model_card import METRICS, build_model_card, card_hyperparameters, task_of
 from .pairing import ClassPairedDataset, is_iterable
 from .stream_pairing import StreamPairedDataset
 from .targets import ExampleIdDataset, PairTargets, QueueTargets, TargetSource, model_logits
-from .temperature_scaling import bake_temperature, fit_temperature
+from .temperature_scaling import bake_temperature, fit_temperature, temperature_on_bound
 from .training_state import (
     checkpoint_is_complete,
     has_state,
@@ -470,6 +470,9 @@ class CSKDTrainer(Trainer):
             "before": calibration_metrics(logits, prediction.label_ids),
             "after": calibration_metrics(logits / temperature, prediction.label_ids),
         }
+        problem = temperature_on_bound(temperature, logits, prediction.label_ids, data=f"the {split_name} split")
+        if problem is not None:  # kept in calibration.json and stated in the model card
+            self.calibration["warning"] = problem
         logger.info(f"Temperature scaling: T = {temperature:.4f} (fitted on {split_name}).")
         return temperature
 

@@ -38,17 +38,43 @@ def fit_temperature(
         return loss
 
     optimizer.step(closure)
-    fitted = float(log_t.detach().exp())
     low, high = bounds
-    temperature = min(max(fitted, low), high)
-    if not low < fitted < high:
-        warnings.warn(
-            f"The fitted temperature reached the bound {temperature:g} (search range [{low:g}, {high:g}]): the held-out "
-            f"data ({len(labels)} examples) cannot support a temperature. Check that its labels are right and that "
-            "it holds enough examples (a few hundred), then fit again.",
-            stacklevel=2,
-        )
+    temperature = min(max(float(log_t.detach().exp()), low), high)
+    problem = temperature_on_bound(temperature, logits, labels, bounds)
+    if problem is not None:
+        warnings.warn(problem, stacklevel=2)
     return temperature
+
+
+def temperature_on_bound(
+    temperature: float,
+    logits: Any,
+    labels: Any,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    data: str = "the held-out data",
+) -> str | None:
+    """Why a temperature on a bound of the search is not to be trusted (None for one inside).
+
+    On the lower bound the held-out data holds (almost) no mistakes of the model: sharper always
+    looks better on it, and the scaled model becomes over-confident wherever it does err.
+    """
+    low, high = bounds
+    if low < temperature < high:
+        return None
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    errors = f"{int((logits.argmax(axis=-1) != labels).sum())} of {data}'s {len(labels)} examples are misclassified"
+    if temperature <= low:
+        why = (
+            f"{errors}, so sharper probabilities always look better on it, and the scaled model is over-confident "
+            "wherever it errs. Fit on a larger held-out split on which the model makes some mistakes (a few hundred "
+            "examples)"
+        )
+    else:
+        why = f"{errors}: near chance, the flattest probabilities look best. Check that the labels are right"
+    return (
+        f"The fitted temperature reached the bound {temperature:g} (search range [{low:g}, {high:g}]) and cannot be "
+        f"trusted: {why}."
+    )
 
 
 def find_classifier_layers(model: nn.Module) -> list[nn.Linear]:

@@ -25,11 +25,13 @@ two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal
 fine-tuning regimes add cross-entropy from a random initialization (what the pretraining is
 worth). Sensitivity: T in {1, 4, 8} and λ in {0.5, 1, 2} for paper mode (and queue mode in the
 fine-tuning regimes), `--sensitivity_seeds` seeds. Results are appended to
-`results/<regime>.jsonl` as each run ends: an interrupted study resumes where it stopped. The report replaces the regime's section of RESULTS.md.
+`results/<regime>.jsonl` as each run ends: an interrupted study resumes where it stopped. The
+report replaces the regime's section of RESULTS.md. Times on 2 CPU cores (the first fine-tuning
+run of a model also pretrains it: ~9 min ResNet, ~12 min ViT):
 
-    python recipes/quality_study.py --regime scratch-cnn          # ~10 min on 2 CPU cores
-    python recipes/quality_study.py --regime finetune-vit-10      # ~5 min, + ~12 min of pretraining the first time
-    python recipes/quality_study.py --regime finetune-resnet-30   # ~14 min, + ~9 min of pretraining the first time
+    python recipes/quality_study.py --regime scratch-cnn          # ~10 min
+    python recipes/quality_study.py --regime finetune-vit-10      # ~5 min
+    python recipes/quality_study.py --regime finetune-resnet-30   # ~14 min
     python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
 """

@@ -1,5 +1,7 @@
 """Model cards that say what was measured, for image, text and audio classifiers."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,23 @@ def test_image_card_states_the_measured_calibration(tmp_path):
     assert header["pipeline_tag"] == "image-classification" and "AutoImageProcessor" in text
     assert "| warmup_ratio | 0.1 |" in text and "warmup_steps" not in text
     assert 'model="path/to/out"' in text  # not pushed: a placeholder, not a Hub id
+
+
+def test_a_temperature_on_its_bound_is_flagged_in_calibration_json_and_the_card(tmp_path):
+    trainer = CSKDTrainer(model=make_vit(), args=training_args(tmp_path), train_dataset=make_image_dataset())
+    data = make_image_dataset(seed=1)
+    predicted = trainer.predict(data).predictions.argmax(-1)  # labels = the model's own predictions: no mistakes
+    perfect = data.remove_columns("label").add_column("label", predicted.tolist())
+    with pytest.warns(UserWarning, match="reached the bound 0.05"):
+        assert trainer.calibrate(perfect, split_name="validation") == 0.05
+    warning = trainer.calibration["warning"]
+    assert "0 of the validation split's 24 examples are misclassified" in warning and "larger held-out" in warning
+    trainer.save_model()
+    assert json.loads((tmp_path / "out" / "calibration.json").read_text())["warning"] == warning
+    trainer.create_model_card()
+    assert f"**Caution:** {warning}" in (tmp_path / "out" / "README.md").read_text()
+    trainer.calibrate(make_image_dataset(seed=2))  # a fit inside the bounds: no caution
+    assert "warning" not in trainer.calibration
 
 
 def test_local_names_are_never_linked_or_put_in_the_metadata(tmp_path):
