@@ -197,8 +197,7 @@ def run_scratch(job: dict) -> dict:
 
 def run_finetune(job: dict) -> dict:
     """One arm through the user's path: `recipes/train_vit.py` on the checkpoint, calibrated on its validation split."""
-    sys.path.insert(0, str(RECIPES))
-    import train_vit
+    import train_vit  # a sibling script: the script's folder is on sys.path (also in spawned workers)
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = job["pretrained"]
@@ -462,7 +461,6 @@ def main() -> None:
         args.pretrained = args.pretrained or f"outputs/pretrained/glyphs-{regime.pretrained}"
         if not (Path(args.pretrained) / "config.json").is_file():
             print(f"{args.pretrained} has no checkpoint: pretraining it with recipes/pretrain_glyphs.py first")
-            sys.path.insert(0, str(RECIPES))
             import pretrain_glyphs
 
             pretrain_glyphs.main(["--model", regime.pretrained, "--output_dir", args.pretrained])
