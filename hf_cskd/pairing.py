@@ -142,6 +142,16 @@ def read_labels(dataset: Any, label_column: str) -> np.ndarray:
     return np.asarray([dataset[i][label_column] for i in tqdm(range(len(dataset)), desc="Reading labels")])
 
 
+LABEL_RANGE_FIX = (
+    "Drop unlabeled examples (e.g. label -1) or build the model with `num_labels` equal to the number of classes."
+)
+"""The fix named by every out-of-range label error (map-style sets, streams, queue batches)."""
+
+
+def allowed_labels(num_labels: int | None) -> str:
+    return f"[0, {num_labels})" if num_labels is not None else ">= 0"
+
+
 def validate_labels(labels: np.ndarray, label_column: str, num_labels: int | None = None) -> np.ndarray:
     """Return `labels` as int64 class indices or raise an error that says how to fix the data."""
     if labels.ndim != 1:
@@ -164,11 +174,9 @@ def validate_labels(labels: np.ndarray, label_column: str, num_labels: int | Non
     bad = (labels < 0) | (labels >= upper)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        allowed = f"[0, {num_labels})" if num_labels is not None else ">= 0"
         raise ValueError(
-            f"{int(bad.sum())} label(s) in {label_column!r} fall outside {allowed} (example {first} has "
-            f"label {int(labels[first])}). Drop unlabeled examples (e.g. label -1) or build the model with "
-            "`num_labels` equal to the number of classes."
+            f"{int(bad.sum())} label(s) in {label_column!r} fall outside {allowed_labels(num_labels)} (example {first} "
+            f"has label {int(labels[first])}). {LABEL_RANGE_FIX}"
         )
     return labels
 

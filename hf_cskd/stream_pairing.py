@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from .collator import SELF_PAIR_KEY
-from .pairing import DEFAULT_LABEL_COLUMNS, PAIR_PREFIX, splitmix64
+from .pairing import DEFAULT_LABEL_COLUMNS, LABEL_RANGE_FIX, PAIR_PREFIX, allowed_labels, splitmix64
 
 
 def _rank() -> int:
@@ -49,10 +49,9 @@ def check_stream_label(value: Any, position: int, label_column: str, num_labels:
         )
         raise ValueError(f"Example {position} of the stream has {label_column!r} = {kind}, not a class index. {fix}")
     if value < 0 or (num_labels is not None and value >= num_labels):
-        allowed = f"[0, {num_labels})" if num_labels is not None else ">= 0"
         raise ValueError(
-            f"Example {position} of the stream has label {value} in {label_column!r}, outside {allowed}. Drop "
-            "unlabeled examples (e.g. label -1) or build the model with `num_labels` equal to the number of classes."
+            f"Example {position} of the stream has label {value} in {label_column!r}, outside "
+            f"{allowed_labels(num_labels)}. {LABEL_RANGE_FIX}"
         )
     return value
 

@@ -15,7 +15,15 @@ from transformers.utils import logging
 from .class_queue import NO_ID, ClassQueue
 from .collator import EXAMPLE_ID_KEY, SELF_PAIR_KEY, split_pair_inputs
 from .data_errors import NamedRows
-from .pairing import PAIR_PREFIX, ClassPairedDataset, check_stream_features, class_labels, is_iterable
+from .pairing import (
+    LABEL_RANGE_FIX,
+    PAIR_PREFIX,
+    ClassPairedDataset,
+    allowed_labels,
+    check_stream_features,
+    class_labels,
+    is_iterable,
+)
 from .stream_pairing import StreamPairedDataset
 
 logger = logging.get_logger(__name__)
@@ -182,8 +190,8 @@ class QueueTargets(TargetSource):
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.queue.num_labels:
             raise ValueError(
-                f"A training batch has labels in [{low}, {high}], outside [0, {self.queue.num_labels}). Drop "
-                "unlabeled examples (e.g. label -1) or build the model with `num_labels` equal to the number of classes."
+                f"A training batch has labels in [{low}, {high}], outside {allowed_labels(self.queue.num_labels)}. "
+                f"{LABEL_RANGE_FIX}"
             )
 
     def targets(self, model, extras, logits, labels):
