@@ -57,6 +57,14 @@ class ClassQueue:
         self.head = torch.zeros(num_labels, dtype=torch.int64, device=device)  # next slot to write, per class
         self.calls = 0
 
+    def reset(self) -> None:
+        """Empty, as new: the next draws find nothing and are seeded as a new queue's."""
+        self.logits.zero_()
+        self.ids.fill_(NO_ID)
+        self.filled.zero_()
+        self.head.zero_()
+        self.calls = 0
+
     def _generator(self) -> torch.Generator:
         generator = torch.Generator(device=self.logits.device)
         generator.manual_seed(splitmix64(splitmix64(self.seed & MASK64) ^ self.calls))

@@ -1,6 +1,10 @@
 """`TrainingArguments` with the CS-KD knobs."""
 
-from dataclasses import dataclass, field
+import copy
+import warnings
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -50,8 +54,14 @@ class CSKDConfig(TrainingArguments):
         default=8,
         metadata={
             "help": "K >= 1: recent predictions kept per class in queue mode (K x C x C float32 logits on the "
-            f"model's device, refused above {MAX_QUEUE_BYTES // 1024**3} GiB), or raw examples kept per class to "
-            "draw pairs from on a streamed training set in pairs mode."
+            f"model's device, refused above {MAX_QUEUE_BYTES // 1024**3} GiB)."
+        },
+    )
+    cskd_stream_buffer_size: int = field(
+        default=8,
+        metadata={
+            "help": "Raw examples kept per class to draw pairs from when the training set is a stream (an "
+            "`IterableDataset`) in pairs mode. Must be >= 1."
         },
     )
 
@@ -66,6 +76,19 @@ class CSKDConfig(TrainingArguments):
                 f"cskd_queue_size must be an integer >= 1, got {self.cskd_queue_size!r} (default 8 predictions per "
                 "class)."
             )
+        if not (isinstance(self.cskd_stream_buffer_size, int) and self.cskd_stream_buffer_size >= 1):
+            raise ValueError(
+                f"cskd_stream_buffer_size must be an integer >= 1, got {self.cskd_stream_buffer_size!r} (default 8 "
+                "examples per class)."
+            )
+        if self.cskd_mode == "pairs" and self.cskd_queue_size != 8:
+            warnings.warn(
+                f"cskd_queue_size={self.cskd_queue_size} has no effect in pairs mode: it is K of cskd_mode='queue'. "
+                "Before hf-cskd 0.2 it also sized the per-class buffer of a streamed training set in pairs mode; that "
+                "is now cskd_stream_buffer_size.",
+                FutureWarning,
+                stacklevel=3,
+            )
         if not self.cskd_temperature > 0:
             raise ValueError(
                 f"cskd_temperature must be > 0, got {self.cskd_temperature}. The paper uses 4 (the default)."
@@ -76,3 +99,25 @@ class CSKDConfig(TrainingArguments):
                 "paper's default."
             )
         super().__post_init__()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (`Trainer` writes `training_args.bin` into every checkpoint) hold no token."""
+        return {k: None if k.endswith("_token") else v for k, v in self.__dict__.items()}
+
+    def __deepcopy__(self, memo: dict) -> "CSKDConfig":
+        """A deep copy keeps the token (only pickles drop it)."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+
+CSKD_DEFAULTS = {f.name: f.default for f in fields(CSKDConfig) if f.name.startswith("cskd_")}
+
+
+def cskd_settings(args: TrainingArguments) -> SimpleNamespace:
+    """The CS-KD knobs of any training arguments: a `CSKDConfig`'s own, the defaults for plain `TrainingArguments`.
+
+    Read at each use, so that a hyperparameter search that sets `cskd_lambda` on the arguments takes effect.
+    """
+    return SimpleNamespace(**{name: getattr(args, name, default) for name, default in CSKD_DEFAULTS.items()})

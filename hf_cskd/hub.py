@@ -21,6 +21,19 @@ PUBLISHED_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt
 PICKLES = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle"]
 """Never uploaded: files that unpickle (run code) when loaded."""
 NEVER_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", "runs/**", *PICKLES, "trainer_state.json"]
+HUB_GITIGNORE = "# Written by hf-cskd: the Hub skips these on upload (pickled training arguments).\ntraining_args.bin\n"
+"""`Trainer` pickles its arguments into `training_args.bin` and uploads it with the model. A `.gitignore` in the
+pushed folder makes the Hub skip it (the Hub applies a repository's `.gitignore` to every upload), at any depth:
+the model folder and `last-checkpoint/` alike. The arguments stay readable in `training_args.json`."""
+
+
+def write_hub_gitignore(folder: str | Path) -> None:
+    """Write (or extend) `folder/.gitignore` so that pushes of it leave the pickled training arguments out."""
+    path = Path(folder) / ".gitignore"
+    existing = path.read_text() if path.is_file() else ""
+    if "training_args.bin" not in existing.splitlines():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(existing + ("\n" if existing and not existing.endswith("\n") else "") + HUB_GITIGNORE)
 
 
 def push_folder_to_hub(

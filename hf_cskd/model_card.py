@@ -81,6 +81,15 @@ CARD_HYPERPARAMETERS = (
 WELL_CALIBRATED_GAP = 0.01  # |mean confidence - accuracy| under which the card says "well calibrated"
 
 
+def latest_eval_metrics(log_history: list[dict[str, float]]) -> dict[str, float]:
+    """The card's metrics of the latest evaluation in a `Trainer` log history (at least accuracy or loss)."""
+    for log in reversed(log_history):
+        metrics = {k[len("eval_") :]: v for k, v in log.items() if k.startswith("eval_")}
+        if {"accuracy", "loss"} & set(metrics):
+            return {k: v for k, v in metrics.items() if k in METRICS or k == "confidence"}
+    return {}
+
+
 def task_of(model: Any, tasks: str | list[str] | None = None) -> str:
     """The card's task: the `tasks` argument if given, else from the model's main input, else its class.
 
@@ -215,4 +224,59 @@ def build_model_card(
         reliability_diagram=reliability_diagram,
         num_bins=num_bins,
         repo_id=repo_id or f"path/to/{model_name}",
+    )
+
+
+def training_card(
+    model: Any,
+    args: Any,
+    cskd: Any,
+    log_history: list[dict[str, float]],
+    calibration: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    model_name: str | None = None,
+    finetuned_from: str | None = None,
+    tasks: str | list[str] | None = None,
+    dataset_tags: str | list[str] | None = None,
+    dataset: str | list[str] | None = None,
+    dataset_args: str | list[str] | None = None,
+    results: dict[str, dict[str, float]] | None = None,
+    eval_split: str = "validation",
+    reliability_diagram: str | None = None,
+    num_bins: int | None = None,
+) -> ModelCard:
+    """The card of a trained model, from what a trainer knows: `Trainer.create_model_card`'s arguments plus
+    `results` (a row label -> metrics; default: the latest evaluation in `log_history`). `cskd` holds the
+    `cskd_*` knobs; as in `Trainer`, `dataset` is the name shown and `dataset_tags` the Hub id(s)."""
+    if results is None:
+        latest = latest_eval_metrics(log_history)
+        results = {"CS-KD" if cskd.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}
+    dataset_name = dataset[0] if isinstance(dataset, list) else dataset
+    dataset_id = dataset_tags[0] if isinstance(dataset_tags, list) else dataset_tags
+    return build_model_card(
+        model_name=model_name or os.path.basename(os.path.abspath(args.output_dir)),
+        results=results,
+        dataset_name=dataset_name or dataset_id or "the training data",
+        dataset_id=dataset_id,
+        eval_split=eval_split,
+        cskd={
+            "lambda": cskd.cskd_lambda,
+            "temperature": cskd.cskd_temperature,
+            "mode": cskd.cskd_mode,
+            "queue_size": cskd.cskd_queue_size,
+        },  # fmt: skip
+        num_labels=model.config.num_labels,
+        task=task_of(model, tasks),
+        hyperparameters=card_hyperparameters(args),
+        base_model=finetuned_from if finetuned_from is not None else getattr(model.config, "_name_or_path", None),
+        calibration=calibration,
+        reliability_diagram=reliability_diagram,
+        num_bins=num_bins,
+        repo_id=repo_id,
+        license=license,
+        language=language,
+        tags=[tags] if isinstance(tags, str) else tags,
     )

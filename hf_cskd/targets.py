@@ -5,11 +5,13 @@ training set, takes the source's extra inputs out of each batch before the model
 asks for the target logits of the step's anchors. Neither source knows the trainer.
 """
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .class_queue import NO_ID, ClassQueue
@@ -34,6 +36,25 @@ def model_logits(outputs: Any) -> torch.Tensor:
     if isinstance(outputs, dict):
         return outputs["logits"]
     return outputs[1] if len(outputs) > 1 and outputs[0].ndim == 0 else outputs[0]
+
+
+def check_single_label_classifier(model: torch.nn.Module) -> None:
+    """CS-KD distills class probabilities of single-label classifiers: refuse regression and multi-label heads."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    problem_type = getattr(config, "problem_type", None)
+    if getattr(config, "num_labels", 2) < 2 or problem_type == "regression":
+        raise ValueError(
+            "CS-KD distills class probabilities, but this model has a regression head "
+            f"(num_labels={config.num_labels}, problem_type={problem_type!r}). Build the model with "
+            "`num_labels` equal to the number of classes (>= 2)."
+        )
+    if problem_type == "multi_label_classification":
+        raise ValueError(
+            "CS-KD pairs examples of one class, but this model is set up for multi-label classification. "
+            "Use single-label targets and `problem_type='single_label_classification'`."
+        )
 
 
 class TargetSource(ABC):
@@ -63,6 +84,9 @@ class TargetSource(ABC):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         pass
+
+    def reset(self) -> None:
+        """Forget what earlier training runs left (each `train()` call and each search trial starts afresh)."""
 
 
 class PairTargets(TargetSource):
@@ -109,6 +133,20 @@ class PairTargets(TargetSource):
         with torch.no_grad():
             targets = model_logits(model(**extras))
         return targets, {} if self_pairs is None else {"cskd_self_pair": self_pairs.float().mean()}
+
+
+class PairEpochCallback(TrainerCallback):
+    """Tell the `ClassPairedDataset` which epoch starts, so that pairs change every epoch.
+
+    Accelerate forwards `set_epoch` to the dataset only when no sampler takes it (it does not in
+    distributed runs), so the trainer does it itself, on every rank, before the epoch's
+    DataLoader workers start. On resume, `state.epoch` (e.g. 1.5) gives the interrupted epoch.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if isinstance(dataset, ClassPairedDataset | StreamPairedDataset):
+            dataset.set_epoch(math.floor(state.epoch or 0))
 
 
 class ExampleIdDataset(NamedRows):
@@ -214,3 +252,27 @@ class QueueTargets(TargetSource):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.queue.load_state_dict({k: v.to(self.queue.logits.device) for k, v in state.items()})
+
+    def reset(self) -> None:
+        self.queue.reset()
+
+
+def make_target_source(
+    settings: Any, dataset: Any, num_labels: int | None, seed: int, accelerator: Accelerator
+) -> TargetSource | None:
+    """Pairs (the paper's) or the queue, as `settings.cskd_mode` says; None for plain cross-entropy.
+
+    `settings` holds the `cskd_*` knobs (`cskd_config.cskd_settings`).
+    """
+    if settings.cskd_lambda == 0 and not isinstance(dataset, ClassPairedDataset):
+        logger.info("cskd_lambda=0: training with the model's own loss only, without CS-KD targets.")
+        return None
+    if settings.cskd_mode == "queue":
+        if num_labels is None:
+            raise ValueError("cskd_mode='queue' needs the number of classes: give the model a `config.num_labels`.")
+        return QueueTargets(
+            num_labels, settings.cskd_queue_size, settings.cskd_label_column, seed, accelerator.device, accelerator
+        )
+    return PairTargets(
+        settings.cskd_label_column, num_labels, seed, stream_buffer_size=settings.cskd_stream_buffer_size
+    )

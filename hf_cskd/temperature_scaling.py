@@ -7,15 +7,23 @@ or `pipeline` user, with no custom code.
 """
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .calibration import calibration_metrics
+
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The range `fit_temperature` searches. A fit on a bound means the held-out data cannot support a
 temperature (too few examples, random or wrong labels): real classifiers land well inside."""
+
+
+class TemperatureOnBoundError(ValueError):
+    """A fitted temperature on a bound of its search: not baked unless asked for (the message says why and the fix)."""
 
 
 def fit_temperature(
@@ -44,6 +52,23 @@ def fit_temperature(
     if problem is not None:
         warnings.warn(problem, stacklevel=2)
     return temperature
+
+
+def fitted_calibration(logits: Any, labels: Any, split: str = "validation") -> dict[str, Any]:
+    """Fit a temperature on held-out logits: T, the split, the metrics before and after, and a `warning` when T is
+    on a bound of the search (`temperature_on_bound`). What `calibration.json` and the model card record."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a bound is stated in the record instead
+        temperature = fit_temperature(logits, labels)
+    logits = np.asarray(logits)
+    record = {
+        "temperature": temperature,
+        "split": split,
+        "before": calibration_metrics(logits, labels),
+        "after": calibration_metrics(logits / temperature, labels),
+    }
+    problem = temperature_on_bound(temperature, logits, labels, data=f"the {split} split")
+    return record if problem is None else {**record, "warning": problem}
 
 
 def temperature_on_bound(
@@ -100,37 +125,60 @@ def find_classifier_layers(model: nn.Module) -> list[nn.Linear]:
     return layers
 
 
+@contextmanager
+def full_precision(model: nn.Module) -> Iterator[None]:
+    """Run a block with the model's half-precision (fp16/bf16) parameters and buffers in float32, then cast back.
+
+    Both casts are exact for values that were half precision; values written inside the block (a divided
+    head) are rounded once, on the way back.
+    """
+    low = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.element_size() < 4]
+    dtypes = [t.dtype for t in low]
+    for tensor in low:
+        tensor.data = tensor.data.float()
+    try:
+        yield
+    finally:
+        for tensor, dtype in zip(low, dtypes):
+            tensor.data = tensor.data.to(dtype)
+
+
 @torch.no_grad()
 def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[str, Any] | None = None) -> nn.Module:
     """Divide the classifier head's weight and bias by `temperature`, in place.
 
     With `example_inputs`, check that the model's logits were indeed divided by T (a head whose
-    output passes through a non-linearity cannot absorb a temperature) and undo the change if not.
+    output passes through a non-linearity cannot absorb a temperature); if not, restore the head
+    exactly and raise. The division and the check run in float32 also for fp16/bf16 models (whose
+    own rounding would fail any exact check); the model keeps its dtype and its train/eval mode.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     layers = find_classifier_layers(model)
+    originals = [(p, p.detach().clone()) for layer in layers for p in (layer.weight, layer.bias) if p is not None]
     was_training = model.training
     model.eval()
     # Under fp16/bf16, Accelerate wraps `forward` in autocast: check in full precision, on the original.
     forward = getattr(model, "_original_forward", model.forward)
-    before = forward(**example_inputs).logits if example_inputs is not None else None
-    for layer in layers:
-        layer.weight.div_(temperature)
-        if layer.bias is not None:
-            layer.bias.div_(temperature)
-    if before is not None:
-        after = forward(**example_inputs).logits
-        if not torch.allclose(after, before / temperature, rtol=1e-4, atol=1e-5):
-            for layer in layers:
-                layer.weight.mul_(temperature)
-                if layer.bias is not None:
-                    layer.bias.mul_(temperature)
-            raise ValueError(
-                f"Scaling the head of {type(model).__name__} did not scale its logits by 1/T; the model was left "
-                "unchanged. Divide the logits by the temperature at inference instead."
-            )
-    model.train(was_training)
+    inputs = {
+        k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in (example_inputs or {}).items()
+    }
+    try:
+        with full_precision(model):
+            before = forward(**inputs).logits if example_inputs is not None else None
+            for parameter, _ in originals:
+                parameter.div_(temperature)
+            if before is not None and not torch.allclose(
+                forward(**inputs).logits, before / temperature, rtol=1e-4, atol=1e-5
+            ):
+                for parameter, original in originals:
+                    parameter.copy_(original)
+                raise ValueError(
+                    f"Scaling the head of {type(model).__name__} did not scale its logits by 1/T; the model was left "
+                    "unchanged. Divide the logits by the temperature at inference instead."
+                )
+    finally:
+        model.train(was_training)
     config = getattr(model, "config", None)
     if config is not None:
         # Saved in config.json: how the checkpoint was calibrated (multiplies any earlier scaling).

@@ -37,9 +37,11 @@ from transformers import (
 
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
+from hf_cskd.data_errors import NamedRows
 from hf_cskd.image_transforms import eval_transform, train_transform
 from hf_cskd.model_card import hub_id
 from hf_cskd.stream_pairing import StreamPairedDataset
+from hf_cskd.temperature_scaling import TemperatureOnBoundError
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +280,7 @@ def stream_datasets(raw: IterableDatasetDict, data_args: DataArguments, args: CS
         undecoded = raw["train"].cast_column(image, datasets.Image(decode=False))
         decode = datasets.Image().decode_example
         train = StreamPairedDataset(
-            undecoded, data_args.label_column_name, num_labels=len(labels), buffer_size=args.cskd_queue_size,
+            undecoded, data_args.label_column_name, num_labels=len(labels), buffer_size=args.cskd_stream_buffer_size,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             transform=lambda batch: train_fn({**batch, image: [decode(value) for value in batch[image]]}),
         )  # fmt: skip
@@ -404,8 +406,9 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
         train, validation, test = stream_datasets(raw, data_args, training_args, transforms, labels)
     else:
         train = raw["train"].with_transform(transforms[0])
-        validation = raw["validation"].with_transform(transforms[1])
-        test = raw["test"].with_transform(transforms[1]) if "test" in raw else None
+        # Held-out rows that cannot be loaded are named (split, row, file), as the training set's are.
+        validation = NamedRows(raw["validation"].with_transform(transforms[1]), split="validation")
+        test = NamedRows(raw["test"].with_transform(transforms[1]), split="test") if "test" in raw else None
 
     trainer = CSKDTrainer(
         model=model,
@@ -428,8 +431,14 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     prediction = trainer.predict(report_data, metric_key_prefix=report_split)
     results = {method: strip_prefix(prediction.metrics, report_split)}
     final, final_logits = prediction.metrics, prediction.predictions
+    temperature = None
     if data_args.calibrate:
-        temperature = trainer.calibrate(validation, split_name="validation")
+        try:
+            temperature = trainer.calibrate(validation, split_name="validation")
+        except TemperatureOnBoundError as error:  # kept raw; said in the summary, calibration.json and the card
+            logger.warning(str(error))
+            final["calibration_warning"] = trainer.calibration["warning"]
+    if temperature is not None:
         raw = {f"{report_split}_raw_{k}": v for k, v in results[method].items()}
         prediction = trainer.predict(report_data, metric_key_prefix=report_split)
         results[f"{method} + temperature scaling (T = {temperature:.3f})"] = strip_prefix(
@@ -454,7 +463,9 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     }
     if trainer.is_world_process_zero():
         print("\n" + summary_table(results, report_split) + "\n")
-        title = f"{method}{' + temperature scaling' if data_args.calibrate else ''} ({report_split})"
+        if "calibration_warning" in final:
+            print(f"Temperature scaling was not applied: {final['calibration_warning']}\n")
+        title = f"{method}{' + temperature scaling' if temperature is not None else ''} ({report_split})"
         plot_reliability_diagram(
             final_logits, prediction.label_ids, Path(training_args.output_dir) / card["reliability_diagram"],
             data_args.num_bins, title,

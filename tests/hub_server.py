@@ -6,6 +6,7 @@ the token's user does not own gets 403.
 """
 
 import base64
+import fnmatch
 import hashlib
 import json
 import threading
@@ -19,9 +20,16 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def gitignored(gitignore: str):
+    """As the Hub does at preupload: the commit's `.gitignore` (else the hosted one) marks files to skip.
+    Only the patterns the tests need: names without a slash match at any depth (fnmatch on each part)."""
+    patterns = [line.strip() for line in gitignore.splitlines() if line.strip() and not line.startswith("#")]
+    return lambda path: any(fnmatch.fnmatch(part, p) for p in patterns for part in path.split("/"))
+
+
 class HubState:
     def __init__(self):
-        self.repos: dict[str, dict] = {}  # repo_id -> {"files": {path: bytes}, "sha": str}
+        self.repos: dict[str, dict] = {}  # repo_id -> {"files": {path: bytes}, "sha": str, "private": bool, "by": user}
         self.committed: list[tuple[str, str]] = []  # (repo_id, path) of every file ever committed
         self.commit_requests = 0
         # Faults for the next commit requests, consumed in order: "500" (answer 500, apply nothing),
@@ -93,7 +101,8 @@ class Handler(BaseHTTPRequestHandler):
                     return self.reply(
                         409, {"error": "You already created this model repo", "url": f"{self.base_url()}/{repo_id}"}
                     )
-                self.state.repos[repo_id] = {"files": {}, "sha": "0" * 40}
+                self.state.repos[repo_id] = {"files": {}, "sha": "0" * 40, "private": bool(request.get("private")) or request.get("visibility") == "private",
+                                             "by": user}  # fmt: skip
             return self.reply(200, {"url": f"{self.base_url()}/{repo_id}"})
         parts = path.split("/")
         # /api/models/{ns}/{name}/preupload/{rev}  or  /api/models/{ns}/{name}/commit/{rev}
@@ -105,9 +114,12 @@ class Handler(BaseHTTPRequestHandler):
             if repo_id not in self.state.repos:
                 return self.not_found("RepoNotFound")
             if parts[5] == "preupload":
-                files = json.loads(data)["files"]
+                request = json.loads(data)
+                hosted = self.state.repos[repo_id]["files"].get(".gitignore", b"").decode()
+                ignored = gitignored(request.get("gitIgnore", hosted))
                 return self.reply(200, {"files": [
-                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": ignored(f["path"]), "oid": None}
+                    for f in request["files"]
                 ]})  # fmt: skip
             return self.commit(repo_id, data)
         return self.not_found("EntryNotFound")
@@ -159,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
                     {"type": "file", "path": p, "size": len(d), "oid": git_blob_sha1(d)} for p, d in sorted(repo["files"].items())
                 ], head=head)  # fmt: skip
             return self.reply(200, {
-                "id": repo_id, "modelId": repo_id, "sha": repo["sha"], "private": False,
+                "id": repo_id, "modelId": repo_id, "sha": repo["sha"], "private": repo["private"],
                 "siblings": [{"rfilename": p} for p in sorted(repo["files"])],
             }, head=head)  # fmt: skip
         # /{ns}/{name}/resolve/{rev}/{file...}

@@ -150,8 +150,11 @@ def test_head_that_cannot_absorb_a_temperature_is_refused():
 
 def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
     secret = "hf_NotARealTokenButSecret123"
-    args = training_args(tmp_path, max_steps=3, hub_token=secret)
-    train, held_out, test = (make_image_dataset(seed=s) for s in (0, 1, 2))
+    args = training_args(tmp_path, max_steps=6, hub_token=secret, save_strategy="steps", save_steps=3)
+    # Three splits of the same classes, so that the fitted temperature lies inside its bounds.
+    first = make_image_dataset(per_class=24).train_test_split(test_size=2 / 3, seed=0, stratify_by_column="label")
+    rest = first["test"].train_test_split(test_size=0.5, seed=0, stratify_by_column="label")
+    train, held_out, test = first["train"], rest["train"], rest["test"]
     from hf_cskd.calibration import compute_metrics
 
     trainer = CSKDTrainer(
@@ -178,6 +181,7 @@ def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
         and f"T = {temperature:.4f}" in card.text
     )
     assert "@inproceedings{yun2020regularizing" in card.text
+    assert (out / "checkpoint-6" / "training_args.bin").is_file()  # Trainer's own checkpoint: its pickle too
     for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path

@@ -7,9 +7,9 @@ from test_recipe import write_imagefolder
 from transformers import TrainerCallback, ViTImageProcessorPil
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.data_errors import ExampleLoadError, source_file, unreadable_rows
+from hf_cskd.checkpoints import last_complete_checkpoint
+from hf_cskd.data_errors import ExampleLoadError, NamedRows, source_file, unreadable_rows
 from hf_cskd.image_transforms import train_transform
-from hf_cskd.training_state import last_complete_checkpoint
 
 
 class TruncateOnFirstSave(TrainerCallback):
@@ -57,7 +57,8 @@ def test_an_unreadable_evaluation_example_is_named(tmp_path):
     victim = tmp_path / source_file(data, 6)
     victim.write_bytes(victim.read_bytes()[:40])
     processor = ViTImageProcessorPil(size={"height": 8, "width": 8}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    evaluation = data.with_transform(eval_transform(processor, "image", "label"))
+    # Opt-in for held-out sets (the recipe does it): NamedRows names the row and file that cannot be loaded.
+    evaluation = NamedRows(data.with_transform(eval_transform(processor, "image", "label")), split="evaluation")
     args = training_args(tmp_path, remove_unused_columns=False, per_device_eval_batch_size=4)
     trainer = CSKDTrainer(model=make_vit(num_labels=2, channels=3), args=args, eval_dataset=evaluation)
     with pytest.raises(ExampleLoadError, match=rf"row 6 of the evaluation split \(file {victim}\)"):

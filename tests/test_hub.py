@@ -47,7 +47,7 @@ def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub):
     assert set(state.repos) == {"alice/cskd-tiny", "alice/cskd-from-folder"}
 
 
-def test_checkpoint_pushes_and_checkpoints_hold_no_pickles(tmp_path, hub):
+def test_checkpoint_pushes_publish_no_pickled_model_folder_and_a_resumable_checkpoint(tmp_path, hub):
     endpoint, state = hub
     local = run_script(SCRIPTS / "hub_faults.py", tmp_path, endpoint, "strategies")
     pushed = {
@@ -55,12 +55,25 @@ def test_checkpoint_pushes_and_checkpoints_hold_no_pickles(tmp_path, hub):
     }
     for repo, paths in pushed.items():
         assert "model.safetensors" in paths and "training_args.json" in paths, repo
-        assert not [p for p in paths if p.endswith(PICKLES)], (repo, paths)
-    # hub_strategy="checkpoint" uploads a resumable last-checkpoint: its training state is safetensors + JSON.
-    assert {"last-checkpoint/optimizer.safetensors", "last-checkpoint/rng_state.json",
-            "last-checkpoint/trainer_state.json"} <= set(pushed["alice/checkpoint"])  # fmt: skip
-    for files in local.values():
-        assert "optimizer.safetensors" in files and not [f for f in files if f.endswith(PICKLES)], files
+        assert not [p for p in paths if "/" not in p and p.endswith(PICKLES)], (repo, paths)  # the model folder
+    # hub_strategy="checkpoint" uploads a resumable last-checkpoint in Trainer's own format (its state files load
+    # with weights_only=True), without the pickled training arguments, which the pushed .gitignore keeps off.
+    assert {"last-checkpoint/optimizer.pt", "last-checkpoint/scheduler.pt", "last-checkpoint/rng_state.pth",
+            "last-checkpoint/trainer_state.json", ".gitignore"} <= set(pushed["alice/checkpoint"])  # fmt: skip
+    for repo in pushed:
+        assert not [p for p in pushed[repo] if p.endswith("training_args.bin")], pushed[repo]
+    for files in local.values():  # the local checkpoints are Trainer's own, training_args.bin included
+        assert {"optimizer.pt", "training_args.bin", "training_args.json"} <= set(files), files
+
+
+def test_a_private_push_with_a_token_given_to_push_to_hub(tmp_path, hub):
+    endpoint, state = hub
+    report = run_script(SCRIPTS / "hub_faults.py", tmp_path, endpoint, "private")
+    repo = state.repos["alice/private-push"]
+    assert repo["private"] is True and repo["by"] == "alice"  # created private, with the token given to the push
+    assert {"model.safetensors", "README.md", "training_args.json", ".gitignore"} <= set(repo["files"])
+    assert "training_args.bin" in report["local"] and "training_args.bin" not in repo["files"]
+    assert not [p for p in repo["files"] if p.endswith(PICKLES)]
 
 
 def test_failed_uploads_say_whether_anything_reached_the_hub(tmp_path, hub):

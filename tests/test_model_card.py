@@ -15,6 +15,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 from hf_cskd import CSKDTrainer
 from hf_cskd.calibration import compute_metrics, reliability_bins, reliability_gaps
 from hf_cskd.model_card import card_hyperparameters, confidence_statement, hub_id, task_of
+from hf_cskd.temperature_scaling import TemperatureOnBoundError
 
 
 def accuracy_only(prediction):
@@ -74,8 +75,10 @@ def test_text_and_audio_cards_follow_the_task_and_report_accuracy_only(tmp_path,
 
 
 def test_image_card_states_the_measured_calibration(tmp_path):
-    args = training_args(tmp_path, max_steps=4, warmup_steps=0.1, eval_strategy="no")
-    train, held_out = make_image_dataset(seed=0), make_image_dataset(seed=1)
+    args = training_args(tmp_path, max_steps=12, warmup_steps=0.1, eval_strategy="no")
+    # Held-out data of the same classes (a split), so that the fitted temperature lies inside its bounds.
+    split = make_image_dataset(per_class=16).train_test_split(test_size=0.5, seed=0, stratify_by_column="label")
+    train, held_out = split["train"], split["test"]
     trainer = CSKDTrainer(
         model=make_vit(), args=args, train_dataset=train, eval_dataset=held_out, compute_metrics=compute_metrics
     )
@@ -93,17 +96,27 @@ def test_image_card_states_the_measured_calibration(tmp_path):
     assert 'model="path/to/out"' in text  # not pushed: a placeholder, not a Hub id
 
 
-def test_a_temperature_on_its_bound_is_flagged_in_calibration_json_and_the_card(tmp_path):
+def test_a_temperature_on_its_bound_is_not_baked_and_is_stated_in_calibration_json_and_the_card(tmp_path):
     trainer = CSKDTrainer(model=make_vit(), args=training_args(tmp_path), train_dataset=make_image_dataset())
     data = make_image_dataset(seed=1)
     predicted = trainer.predict(data).predictions.argmax(-1)  # labels = the model's own predictions: no mistakes
     perfect = data.remove_columns("label").add_column("label", predicted.tolist())
-    with pytest.warns(UserWarning, match="reached the bound 0.05"):
-        assert trainer.calibrate(perfect, split_name="validation") == 0.05
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(TemperatureOnBoundError, match="reached the bound 0.05.*left uncalibrated"):
+        trainer.calibrate(perfect, split_name="validation")
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.model.state_dict().items())  # nothing baked
+    assert not hasattr(trainer.model.config, "calibration_temperature")
     warning = trainer.calibration["warning"]
     assert "0 of the validation split's 24 examples are misclassified" in warning and "larger held-out" in warning
+    assert trainer.calibration["fitted_temperature"] == 0.05 and "temperature" not in trainer.calibration
     trainer.save_model()
     assert json.loads((tmp_path / "out" / "calibration.json").read_text())["warning"] == warning
+    trainer.create_model_card()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert f"Temperature scaling was **not applied** (the checkpoint is the model as trained): {warning}" in text
+    assert "calibrated by temperature scaling" not in text
+    # Baked on request: then the card keeps the caution.
+    assert trainer.calibrate(perfect, split_name="validation", bake_on_bound=True) == 0.05
     trainer.create_model_card()
     assert f"**Caution:** {warning}" in (tmp_path / "out" / "README.md").read_text()
     trainer.calibrate(make_image_dataset(seed=2))  # a fit inside the bounds: no caution

@@ -16,6 +16,7 @@ from test_recipe import free_port
 from test_trainer import grads, official_kd
 
 from hf_cskd import ClassPairedDataset, CSKDTrainer, class_wise_kd_loss
+from hf_cskd.checkpoints import TARGETS_NAME
 from hf_cskd.class_queue import NO_ID, ClassQueue
 from hf_cskd.collator import EXAMPLE_ID_KEY
 
@@ -233,3 +234,11 @@ def test_two_processes_hold_identical_queues_and_draw_like_one_process(tmp_path)
         torch.testing.assert_close(torch.cat([ranks[r][f"step{s}.targets"] for r in (0, 1)]), targets, rtol=0, atol=0)
     for name, value in single.state_dict().items():
         assert torch.equal(ranks[0][f"queue.{name}"], value), name
+    # Saving at every step from 2 processes: every checkpoint complete, in Trainer's format plus the queue.
+    checkpoints = sorted((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == [f"checkpoint-{s}" for s in range(1, steps + 1)]
+    for folder in checkpoints:
+        assert {"trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth",
+                "model.safetensors", TARGETS_NAME} <= {p.name for p in folder.iterdir()}, folder  # fmt: skip
+    last = load_file(checkpoints[-1] / TARGETS_NAME)
+    assert torch.equal(last["logits"], ranks[0]["queue.logits"])

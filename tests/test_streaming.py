@@ -90,7 +90,8 @@ def test_trainer_on_a_stream_logs_and_resumes_to_the_same_weights(tmp_path, parq
         return parquet_stream().with_format("torch").select_columns(["pixel_values", "label"])
 
     assert isinstance(parquet_stream().features["label"], ClassLabel)
-    common = dict(cskd_mode=mode, max_steps=16, save_strategy="steps", save_steps=5, cskd_queue_size=4)
+    common = dict(cskd_mode=mode, max_steps=16, save_strategy="steps", save_steps=5)
+    common["cskd_queue_size" if mode == "queue" else "cskd_stream_buffer_size"] = 4
     full = CSKDTrainer(model=make_vit(seed=3), args=training_args(tmp_path / "full", **common), train_dataset=stream())
     full.train()
     logs = [log for log in full.state.log_history if "cskd_loss" in log]

@@ -1,7 +1,8 @@
 """Checkpoint pushes (`hub_strategy`) and upload faults against the test's local Hub at $HF_ENDPOINT.
 
-Argv: an output folder, then the phase: `strategies` (train with every_save and checkpoint pushes) or
-`faults` (pushes while the server fails commits as the test arranged). Prints one JSON line.
+Argv: an output folder, then the phase: `strategies` (train with every_save and checkpoint pushes),
+`private` (a push with `private=True` and a token given only to `push_to_hub`) or `faults` (pushes while
+the server fails commits as the test arranged). Prints one JSON line.
 """
 
 import hashlib
@@ -30,7 +31,7 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def trainer_for(name: str, **overrides) -> CSKDTrainer:
+def trainer_for(name: str, token: str | None = ALICE, **overrides) -> CSKDTrainer:
     torch.manual_seed(0)
     config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=32, num_labels=3)  # fmt: skip
@@ -39,7 +40,7 @@ def trainer_for(name: str, **overrides) -> CSKDTrainer:
                               "label": [i % 3 for i in range(24)]}).with_format("torch")  # fmt: skip
     processor = ViTImageProcessorPil(size={"height": 8, "width": 8})
     args = CSKDConfig(output_dir=str(out / name), max_steps=4, per_device_train_batch_size=6, use_cpu=True,
-                      report_to="none", disable_tqdm=True, hub_token=ALICE, **overrides)  # fmt: skip
+                      report_to="none", disable_tqdm=True, hub_token=token, **overrides)  # fmt: skip
     return CSKDTrainer(
         model=ViTForImageClassification(config), args=args, train_dataset=data, processing_class=processor
     )
@@ -53,6 +54,11 @@ if phase == "strategies":
         trainer.train()
         trainer.push_to_hub()
         report[strategy] = sorted(p.name for p in (out / strategy).rglob("*") if p.is_file())
+elif phase == "private":
+    trainer = trainer_for("private-push", token=None, save_strategy="no")  # args.push_to_hub stays False
+    trainer.train()
+    trainer.push_to_hub(private=True, token=ALICE)
+    report["local"] = sorted(p.name for p in (out / "private-push").iterdir() if p.is_file())
 else:
     trainer = trainer_for("faults", save_strategy="no")
     trainer.train()

@@ -24,6 +24,8 @@ args = training_args(
     cskd_queue_size=4,
     num_train_epochs=2,
     accelerator_config={"even_batches": False},
+    save_strategy="steps",  # a checkpoint at every step: both processes write into each folder
+    save_steps=1,
 )
 args.output_dir = sys.argv[1]
 trainer = CSKDTrainer(model=make_vit(seed=0), args=args, train_dataset=data)

@@ -31,7 +31,14 @@ while not all(Path(f).exists() for f in files):
     pass
 stream = load_dataset("parquet", data_files=files, split="train", streaming=True).with_format("torch")
 overrides = {"accelerator_config": {"dispatch_batches": False}} if mode == "pairs" else {}
-args = training_args(out, cskd_mode=mode, max_steps=10, per_device_train_batch_size=4, cskd_queue_size=4, **overrides)
+args = training_args(
+    out,
+    cskd_mode=mode,
+    max_steps=10,
+    per_device_train_batch_size=4,
+    **overrides,
+    **({"cskd_queue_size": 4} if mode == "queue" else {"cskd_stream_buffer_size": 4}),
+)
 args.output_dir = str(out)
 trainer = CSKDTrainer(model=make_vit(seed=0), args=args, train_dataset=stream)
 records, original = [], trainer.training_step

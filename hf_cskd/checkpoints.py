@@ -1,0 +1,112 @@
+"""Checkpoints in `Trainer`'s own format: which are complete, the CS-KD state they add, and weights reloaded by name.
+
+`Trainer` writes its training state (`optimizer.pt`, `scheduler.pt`, `rng_state*.pth`, ...) and
+loads it back with `torch.load(..., weights_only=True)`; either trainer resumes the other's
+checkpoints. Queue mode adds one file, `cskd_targets.safetensors`.
+"""
+
+import json
+import os
+import re
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
+
+logger = logging.get_logger(__name__)
+
+TARGETS_NAME = "cskd_targets.safetensors"
+"""The target source's state (the queue) in each checkpoint."""
+
+
+def save_targets(state: dict[str, torch.Tensor], folder: str) -> None:
+    if state:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(folder, TARGETS_NAME))
+
+
+def load_targets(folder: str) -> dict[str, torch.Tensor] | None:
+    """The saved target-source state, or None (with a warning) for a checkpoint without one (plain `Trainer`'s)."""
+    path = os.path.join(folder, TARGETS_NAME)
+    if os.path.isfile(path):
+        return load_file(path)
+    logger.warning(f"{folder} holds no {TARGETS_NAME} (a plain Trainer checkpoint?): the CS-KD queue restarts empty.")
+    return None
+
+
+def checkpoint_is_complete(folder: str) -> bool:
+    """A checkpoint is complete once `trainer_state.json`, which `Trainer` writes last, reads back."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME)) as file:
+            json.load(file)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The complete `checkpoint-N` folder with the highest N; incomplete ones are skipped with a warning."""
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted(
+        (int(match.group(1)), os.path.join(output_dir, name))
+        for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+        if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, folder in reversed(found):
+        if checkpoint_is_complete(folder):
+            return folder
+        logger.warning(f"Skipping {folder}: it is incomplete (the run was probably stopped while saving it).")
+    return None
+
+
+def complete_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | bool | None:
+    """The checkpoint to resume from: `True` means the last *complete* one in `output_dir`; a path to an incomplete
+    one is refused, naming the last complete one. Anything else passes unchanged."""
+    if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
+        last = last_complete_checkpoint(output_dir)
+        if last is None:
+            raise ValueError(f"No complete checkpoint found in {output_dir} to resume from.")
+        return last
+    if isinstance(resume_from_checkpoint, str) and not checkpoint_is_complete(resume_from_checkpoint):
+        last = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+        raise ValueError(
+            f"{resume_from_checkpoint} is not a complete checkpoint (no readable trainer_state.json: the run was "
+            f"probably stopped while saving it). Resume from {last or 'an earlier checkpoint'} instead, or pass "
+            "resume_from_checkpoint=True to pick the last complete one."
+        )
+    return resume_from_checkpoint
+
+
+def saved_weight_names(folder: str) -> set[str] | None:
+    """The tensor names of a folder's safetensors weights, one file or sharded; None when it has neither."""
+    index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        with open(index) as file:
+            return set(json.load(file)["weight_map"])
+    path = os.path.join(folder, SAFE_WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        return None
+    with safe_open(path, framework="pt") as file:
+        return set(file.keys())
+
+
+def reload_renamed_weights(model: nn.Module, folder: str | None) -> bool:
+    """Load a checkpoint's weights through `from_pretrained` when they are saved under other names than the model's.
+
+    transformers 5.x writes some models (ViT among them) under their legacy parameter names, and
+    `Trainer` reloads checkpoints with a non-strict `load_state_dict` that then silently skips those
+    tensors (resume and `load_best_model_at_end` keep stale weights). `from_pretrained` knows the
+    renaming. A PEFT model's base model is checked the same way. Returns whether weights were reloaded.
+    """
+    base = getattr(model, "get_base_model", lambda: model)()
+    names = saved_weight_names(folder) if folder else None
+    if not isinstance(base, PreTrainedModel) or names is None or names <= set(base.state_dict()):
+        return False
+    logger.info(f"Reloading {folder} through from_pretrained to map renamed parameters.")
+    reloaded = type(base).from_pretrained(folder, config=base.config)
+    base.load_state_dict(reloaded.state_dict())
+    return True
