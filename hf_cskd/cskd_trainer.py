@@ -217,13 +217,10 @@ class CSKDTrainer(Trainer):
     # ---- calibration and model card -----------------------------------------------------------
 
     def calibrate(self, eval_dataset: Any = None, split_name: str = "validation", bake_on_bound: bool = False) -> float:
-        """Fit a temperature on held-out data (never the test split) and bake it into the head. Returns T.
-
-        The model's logits become `logits / T`: same predictions, calibrated probabilities, for any later
-        `evaluate`, `save_model`, `push_to_hub` or plain `from_pretrained`. A temperature on a bound of
-        the search cannot be trusted: unless `bake_on_bound`, the model is left as trained, `self.calibration`
-        records why (for `calibration.json` and the card), and `TemperatureOnBoundError` says so with the fix.
-        """
+        """Fit a temperature on held-out data (never the test split) and bake it into the head (logits / T: same
+        predictions, calibrated probabilities, for any later use of the model). Returns T. A temperature on a bound
+        of the search cannot be trusted: unless `bake_on_bound`, the model is left as trained, `self.calibration`
+        records why (for `calibration.json` and the card), and `TemperatureOnBoundError` says so with the fix."""
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError(
                 "calibrate() changes the classification head in place, which sharded (FSDP/DeepSpeed) models do not "
@@ -236,8 +233,7 @@ class CSKDTrainer(Trainer):
         try:
             prediction = self.predict(dataset, metric_key_prefix="calibration")
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-            labels = prediction.label_ids
-            self.calibration = fitted_calibration(logits, labels, split_name)
+            self.calibration = fitted_calibration(logits, prediction.label_ids, split_name)
             temperature = self.calibration["temperature"]
             if "warning" in self.calibration and not bake_on_bound:  # recorded for calibration.json and the card
                 self.calibration["fitted_temperature"] = self.calibration.pop("temperature")

@@ -227,8 +227,10 @@ def run_finetune(job: dict) -> dict:
     return {
         **job,
         "train_seconds": round(seconds, 2),
-        "temperature_fit": test["temperature"],
-        "raw": {m: test[f"test_raw_{m}"] for m in metrics},
+        # A temperature on a search bound is not baked by the recipe: the shipped model is the raw one (T = 1).
+        "temperature_fit": test.get("temperature", 1.0),
+        "temperature_on_bound": "calibration_warning" in test,
+        "raw": {m: test.get(f"test_raw_{m}", test[f"test_{m}"]) for m in metrics},
         "scaled": {m: test[f"test_{m}"] for m in metrics},
     }
 

@@ -202,7 +202,7 @@ def test_streams_train_without_example_ids(tmp_path):
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
             data = make_image_dataset(per_class=4)
-            yield from (data[i] for i in np.random.default_rng(0).permutation(len(data)))
+            yield from (data[int(i)] for i in np.random.default_rng(0).permutation(len(data)))
 
     trainer = queue_trainer(tmp_path, data=Stream(), max_steps=6, num_train_epochs=1)
     assert trainer.train_dataset.__class__.__name__ == "Stream"  # nothing wrapped, no ids

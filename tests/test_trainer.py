@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_image_dataset, make_vit, training_args
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer
 
-from hf_cskd import ClassPairedDataset, CSKDConfig, CSKDTrainer
+from hf_cskd import ClassPairedDataset, CSKDTrainer
 from hf_cskd.collator import split_pair_inputs
 
 
@@ -153,15 +153,3 @@ def test_resume_from_checkpoint_ends_with_the_same_weights(tmp_path):
     expected = full.model.state_dict()
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_plain_training_arguments_and_argument_parser():
-    trainer_args = TrainingArguments(output_dir="unused", learning_rate=0.123, use_cpu=True, report_to="none")
-    trainer = CSKDTrainer(model=make_vit(), args=trainer_args, train_dataset=make_image_dataset())
-    assert isinstance(trainer.args, CSKDConfig)
-    assert trainer.args.learning_rate == 0.123 and trainer.args.cskd_temperature == 4.0
-    (config,) = HfArgumentParser(CSKDConfig).parse_args_into_dataclasses(
-        ["--output_dir", "x", "--cskd_temperature", "2", "--cskd_lambda", "0.5"]
-    )
-    assert (config.cskd_temperature, config.cskd_lambda) == (2.0, 0.5)
-    assert "class-wise distillation" in HfArgumentParser(CSKDConfig).format_help()
