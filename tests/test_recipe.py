@@ -75,6 +75,23 @@ def test_no_calibrate_writes_no_temperature(tmp_path):
     assert "temperature scaling" not in (out / "README.md").read_text().split("## How to use")[0]
 
 
+def test_a_temperature_on_its_bound_is_not_baked_by_the_recipe(tmp_path, monkeypatch, capsys):
+    import hf_cskd.temperature_scaling as scaling
+
+    low = scaling.TEMPERATURE_BOUNDS[0]
+    monkeypatch.setattr(scaling, "fit_temperature", lambda logits, labels: low)  # as on a split without mistakes
+    run(tmp_path)
+    out = tmp_path / "out"
+    assert "calibration_temperature" not in json.loads((out / "config.json").read_text())  # the raw model is kept
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["fitted_temperature"] == low and "temperature" not in calibration
+    assert f"reached the bound {low:g}" in calibration["warning"] and "larger held-out" in calibration["warning"]
+    results = json.loads((out / "test_results.json").read_text())
+    assert results["calibration_warning"] == calibration["warning"] and "temperature" not in results
+    assert f"Temperature scaling was not applied: {calibration['warning']}" in capsys.readouterr().out
+    assert "Temperature scaling was **not applied**" in (out / "README.md").read_text()
+
+
 def test_baseline_rows_and_a_missing_model_folder(tmp_path):
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps({"test_accuracy": 0.9, "test_ece": 0.02, "test_nll": 0.3, "test_raw_accuracy": 0.9,
