@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 DEFAULT_NUM_BINS = 15
+MCE_MIN_COUNT = 10
+"""Bins with fewer examples are left out of MCE (and faded in the diagram): a bin of 2 examples has a gap of
+0.5 by chance alone and would set MCE. When no bin has that many, MCE is over every non-empty bin."""
 
 
 def _as_numpy(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +65,13 @@ def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS)
     return _bins(np.exp(log_softmax(logits)), labels, num_bins)
 
 
-def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, float]:
+def calibration_metrics(
+    logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS, min_bin_count: int = MCE_MIN_COUNT
+) -> dict[str, float]:
     """Top-1 accuracy, ECE and MCE (equal-width bins), NLL, the multi-class Brier score, mean confidence.
 
-    ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|; MCE = max over non-empty bins of the gap.
+    ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|; MCE = max of the gap over the bins holding at least
+    `min_bin_count` examples (over every non-empty bin when none does: `MCE_MIN_COUNT`).
     Brier = mean over examples of Σ_k (p_k − 1[k = y])² (range [0, 2]). `confidence` is the mean
     top-1 probability: above `accuracy`, the model is over-confident on average; below, under-confident.
     """
@@ -75,11 +81,12 @@ def calibration_metrics(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BI
     bins = _bins(probs, labels, num_bins)
     filled = bins["counts"] > 0
     gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    counted = bins["counts"][filled] >= min_bin_count
     one_hot = np.eye(logits.shape[1])[labels]
     return {
         "accuracy": float((probs.argmax(axis=1) == labels).mean()),
         "ece": float((bins["counts"][filled] / labels.size * gaps).sum()),
-        "mce": float(gaps.max()),
+        "mce": float(gaps[counted].max() if counted.any() else gaps.max()),
         "nll": float(-log_probs[np.arange(labels.size), labels].mean()),
         "brier": float(((probs - one_hot) ** 2).sum(axis=1).mean()),
         "confidence": float(probs.max(axis=1).mean()),
@@ -113,12 +120,19 @@ def reliability_gaps(bins: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def plot_reliability_diagram(
-    logits: Any, labels: Any, path: str | Path, num_bins: int = DEFAULT_NUM_BINS, title: str = "Reliability diagram"
+    logits: Any,
+    labels: Any,
+    path: str | Path,
+    num_bins: int = DEFAULT_NUM_BINS,
+    title: str = "Reliability diagram",
+    min_bin_count: int = MCE_MIN_COUNT,
 ) -> Path:
     """Save a PNG: accuracy per confidence bin against the diagonal, above a confidence histogram.
 
-    Over-confident bins (confidence above accuracy) show their gap in red above the accuracy bar;
-    under-confident bins (accuracy above confidence) show it in blue, from the confidence up.
+    Each bin's accuracy is a grey bar and its mean confidence a black tick; the gap between them is an
+    unfilled hatched box (red: over-confident, confidence above accuracy; blue: under-confident), so
+    the grey bar always reads as the accuracy. Each bin shows its number of examples; bins with fewer
+    than `min_bin_count` are faded and left out of MCE, as the title says.
     """
     import matplotlib
 
@@ -126,27 +140,50 @@ def plot_reliability_diagram(
     import matplotlib.pyplot as plt
 
     bins = reliability_bins(logits, labels, num_bins)
-    metrics = calibration_metrics(logits, labels, num_bins)
+    metrics = calibration_metrics(logits, labels, num_bins, min_bin_count)
     bars = reliability_gaps(bins)
     edges, width = bins["edges"][:-1], 1.0 / num_bins
+    filled, small = bins["counts"] > 0, (bins["counts"] > 0) & (bins["counts"] < min_bin_count)
     figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
+        2, 1, figsize=(5, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
     )
-    top.bar(edges, bars["accuracy"], width=width, align="edge", edgecolor="black", color="tab:gray", label="accuracy")
-    gap_style = {"width": width, "align": "edge", "alpha": 0.45, "hatch": "//", "edgecolor": "black"}
-    top.bar(edges, bars["over"], bottom=bars["accuracy"], color="tab:red", label="over-confident gap", **gap_style)
-    top.bar(
-        edges, bars["under"], bottom=bars["accuracy"] - bars["under"], color="tab:blue", label="under-confident gap",
-        **gap_style,
-    )  # fmt: skip
-    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    for faded in (False, True):
+        chosen = filled & (small == faded)
+        alpha = 0.3 if faded else 1.0
+        top.bar(edges[chosen], bars["accuracy"][chosen], width=width, align="edge", edgecolor="black",
+                color="tab:gray", alpha=alpha)  # fmt: skip
+        gaps = (("over", "tab:red", bars["accuracy"]), ("under", "tab:blue", bars["accuracy"] - bars["under"]))
+        for part, color, low in gaps:
+            shown = chosen & (bars[part] > 0)
+            top.bar(edges[shown], bars[part][shown], bottom=low[shown], width=width, align="edge", fill=False,
+                    hatch="//", edgecolor=color, linewidth=1.2, alpha=alpha)  # fmt: skip
+        top.hlines(np.nan_to_num(bins["confidence"])[chosen], edges[chosen], edges[chosen] + width, colors="black",
+                   linewidth=2, alpha=alpha)  # fmt: skip
+    for left, count, height in zip(edges[filled], bins["counts"][filled], np.fmax(
+            bars["accuracy"], np.nan_to_num(bins["confidence"]))[filled]):  # fmt: skip
+        top.text(left + width / 2, min(height + 0.02, 0.97), str(int(count)), ha="center", va="bottom", fontsize=6)
+    top.plot([0, 1], [0, 1], "k--", linewidth=1)
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.05))
+    mce_note = f"MCE {100 * metrics['mce']:.2f}% (bins of {min_bin_count}+ examples)"
     top.set_title(
-        f"{title}\nECE {100 * metrics['ece']:.2f}%  accuracy {100 * metrics['accuracy']:.2f}%  "
+        f"{title}\nECE {100 * metrics['ece']:.2f}%  {mce_note}\naccuracy {100 * metrics['accuracy']:.2f}%  "
         f"mean confidence {100 * metrics['confidence']:.2f}%",
-        fontsize=9,
+        fontsize=8,
     )
-    top.legend(loc="upper left", fontsize=8)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="tab:gray", edgecolor="black", label="accuracy (number: examples in the bin)"),
+        Line2D([], [], color="black", linewidth=2, label="mean confidence"),
+        Patch(fill=False, hatch="//", edgecolor="tab:red", label="over-confident gap"),
+        Patch(fill=False, hatch="//", edgecolor="tab:blue", label="under-confident gap"),
+        Patch(
+            facecolor="tab:gray", alpha=0.3, edgecolor="black", label=f"bin of < {min_bin_count} examples (not in MCE)"
+        ),
+        Line2D([], [], color="black", linestyle="--", linewidth=1, label="perfect calibration"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=6.5)
     bottom.bar(edges, bins["counts"] / bins["counts"].sum(), width=width, align="edge", edgecolor="black")
     bottom.set(xlabel="confidence", ylabel="fraction")
     path = Path(path)

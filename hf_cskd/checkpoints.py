@@ -6,8 +6,11 @@ checkpoints. Queue mode adds one file, `cskd_targets.safetensors`.
 """
 
 import json
+import logging as stdlib_logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from safetensors import safe_open
@@ -94,6 +97,13 @@ def saved_weight_names(folder: str) -> set[str] | None:
         return set(file.keys())
 
 
+def has_renamed_weights(model: nn.Module, folder: str | None) -> bool:
+    """Whether a checkpoint folder holds weights under other names than `model`'s (or its PEFT base model's)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    names = saved_weight_names(folder) if folder else None
+    return isinstance(base, PreTrainedModel) and names is not None and not names <= set(base.state_dict())
+
+
 def reload_renamed_weights(model: nn.Module, folder: str | None) -> bool:
     """Load a checkpoint's weights through `from_pretrained` when they are saved under other names than the model's.
 
@@ -102,11 +112,28 @@ def reload_renamed_weights(model: nn.Module, folder: str | None) -> bool:
     tensors (resume and `load_best_model_at_end` keep stale weights). `from_pretrained` knows the
     renaming. A PEFT model's base model is checked the same way. Returns whether weights were reloaded.
     """
-    base = getattr(model, "get_base_model", lambda: model)()
-    names = saved_weight_names(folder) if folder else None
-    if not isinstance(base, PreTrainedModel) or names is None or names <= set(base.state_dict()):
+    if not has_renamed_weights(model, folder):
         return False
+    base = getattr(model, "get_base_model", lambda: model)()
     logger.info(f"Reloading {folder} through from_pretrained to map renamed parameters.")
     reloaded = type(base).from_pretrained(folder, config=base.config)
     base.load_state_dict(reloaded.state_dict())
     return True
+
+
+class _KeyReportFilter(stdlib_logging.Filter):
+    def filter(self, record: stdlib_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("There were missing keys", "There were unexpected keys"))
+
+
+@contextmanager
+def quiet_key_report(enabled: bool) -> Iterator[None]:
+    """Drop `Trainer`'s "missing keys / unexpected keys" warnings (each lists every tensor: ~10 KB for a ViT)
+    while `enabled`: for renamed weights that `reload_renamed_weights` loads right after, they are noise."""
+    trainer_logger, key_filter = stdlib_logging.getLogger("transformers.trainer"), _KeyReportFilter()
+    if enabled:
+        trainer_logger.addFilter(key_filter)
+    try:
+        yield
+    finally:
+        trainer_logger.removeFilter(key_filter)

@@ -10,7 +10,7 @@ reverse. The private `Trainer` methods it overrides, each a small addition aroun
 | `_set_signature_columns_if_needed` | keep the target source's columns (pairs, example ids) when `remove_unused_columns=True` | 5.18 - 5.24 |
 | `_get_train_sampler` | sample the wrapped training set as the dataset it wraps (same indices; `group_by_length` reads its length column) | 5.18 - 5.24 |
 | `_save_rng_state` | write the queue (`cskd_targets.safetensors`) into the checkpoint before `trainer_state.json` marks it complete | 5.18 - 5.24 |
-| `_load_from_checkpoint` | `Trainer` resumes some models (ViT) with stale weights: reload them by name (`checkpoints.reload_renamed_weights`) | 5.18 - 5.24 |
+| `_load_from_checkpoint` | `Trainer` resumes some models (ViT) with stale weights: reload them by name (`checkpoints.reload_renamed_weights`), without Trainer's report on those keys | 5.18 - 5.24 |
 """
 
 import json
@@ -24,7 +24,14 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from .checkpoints import complete_checkpoint, load_targets, reload_renamed_weights, save_targets
+from .checkpoints import (
+    complete_checkpoint,
+    has_renamed_weights,
+    load_targets,
+    quiet_key_report,
+    reload_renamed_weights,
+    save_targets,
+)
 from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig, cskd_settings
 from .grad_accumulation import kd_denominator, loss_is_scaled_for_ga, normalizes_by_count
@@ -34,13 +41,13 @@ from .losses import class_wise_kd_loss
 from .model_card import training_card
 from .pairing import ClassPairedDataset
 from .targets import (
+    EpochCallback,
     ExampleIdDataset,
-    PairEpochCallback,
     check_single_label_classifier,
     make_target_source,
     model_logits,
 )
-from .temperature_scaling import TemperatureOnBoundError, bake_temperature, fitted_calibration
+from .temperature_scaling import CalibrationNotApplied, TemperatureOnBoundError, bake_temperature, fitted_calibration
 
 logger = logging.get_logger(__name__)
 
@@ -62,7 +69,7 @@ class CSKDTrainer(Trainer):
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pos: Any, **kw: Any):
         super().__init__(model, args if args is not None else CSKDConfig(output_dir="trainer_output"), *pos, **kw)
         check_single_label_classifier(self.accelerator.unwrap_model(self.model))
-        self.add_callback(PairEpochCallback)
+        self.add_callback(EpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
@@ -191,8 +198,11 @@ class CSKDTrainer(Trainer):
         return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._reload_renamed_weights(model if model is not None else self.model, resume_from_checkpoint)
+        target = model if model is not None else self.model
+        # The renamed tensors are reloaded right after: Trainer's missing/unexpected-key report on them is noise.
+        with quiet_key_report(has_renamed_weights(target, resume_from_checkpoint)):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._reload_renamed_weights(target, resume_from_checkpoint)
 
     def _reload_renamed_weights(self, model: nn.Module, folder: str) -> None:
         if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their engines load their own shards
@@ -220,7 +230,9 @@ class CSKDTrainer(Trainer):
         """Fit a temperature on held-out data (never the test split) and bake it into the head (logits / T: same
         predictions, calibrated probabilities, for any later use of the model). Returns T. A temperature on a bound
         of the search cannot be trusted: unless `bake_on_bound`, the model is left as trained, `self.calibration`
-        records why (for `calibration.json` and the card), and `TemperatureOnBoundError` says so with the fix."""
+        records why (for `calibration.json` and the card), and `TemperatureOnBoundError` says so with the fix. So
+        does `CalibrationNotApplied` when the head cannot absorb T (no linear head with `num_labels` outputs, or one
+        whose logits do not scale): divide the logits by the recorded `fitted_temperature` at inference then."""
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError(
                 "calibrate() changes the classification head in place, which sharded (FSDP/DeepSpeed) models do not "
@@ -243,7 +255,13 @@ class CSKDTrainer(Trainer):
                 )
             batch = self._prepare_inputs(next(iter(self.get_eval_dataloader(dataset))))
             example_inputs = {k: v for k, v in batch.items() if k not in self.label_names and k != "labels"}
-            bake_temperature(self.accelerator.unwrap_model(self.model), temperature, example_inputs)
+            try:
+                bake_temperature(self.accelerator.unwrap_model(self.model), temperature, example_inputs)
+            except ValueError as error:  # the model is unchanged: say so, as for a bound
+                self.calibration["fitted_temperature"] = self.calibration.pop("temperature")
+                del self.calibration["after"]
+                self.calibration["warning"] = f"T = {temperature:.4f} was fitted but not baked into the model: {error}"
+                raise CalibrationNotApplied(self.calibration["warning"]) from error
         finally:
             self.model.train(was_training)
         logger.info(f"Temperature scaling: T = {temperature:.4f} (fitted on {split_name}).")

@@ -14,6 +14,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .calibration import MCE_MIN_COUNT
+
 
 def template_path() -> str:
     """The one template, `model_cards/cskd_model_card.md`, shipped in the wheel as `hf_cskd.model_cards`."""
@@ -162,13 +164,18 @@ def build_model_card(
     license: str | None = None,
     language: str | list[str] | None = None,
     tags: list[str] | None = None,
+    library_name: str = "transformers",
+    augmentation: dict[str, str] | None = None,
+    head_note: str | None = None,
 ) -> ModelCard:
     """Render the card.
 
     `results` maps a row label (e.g. "CS-KD + temperature scaling") to its metrics; `cskd` holds
     `lambda`, `temperature`, `mode` (and `queue_size`); `calibration` is `CSKDTrainer.calibration`
     (temperature, split, metrics before and after). Non-Hub dataset and base-model names are
-    shown but never linked or put in the metadata.
+    shown but never linked or put in the metadata. `library_name` "timm" adds timm's usage example;
+    `augmentation` ("train"/"evaluation" -> one line each) and `head_note` (what was done to a
+    pretrained head) are stated under the training procedure.
     """
     task_card = TASKS[task]
     dataset_id, base_model = hub_id(dataset_id), hub_id(base_model)
@@ -194,11 +201,11 @@ def build_model_card(
         model_name=model_name,
         base_model=base_model,
         datasets=[dataset_id] if dataset_id else None,
-        library_name="transformers",
+        library_name=library_name,
         pipeline_tag=task,
         license=license,
         language=language,
-        tags=sorted({task, "cs-kd", "hf-cskd", "calibration", *(tags or [])}),
+        tags=sorted({task, "cs-kd", "hf-cskd", "calibration", library_name, *(tags or [])}),
         metrics=[metric for metric in MODEL_INDEX_METRICS if metric in columns] or None,
         eval_results=eval_results or None,
     )
@@ -223,7 +230,11 @@ def build_model_card(
         raw_split=calibration.get("split", eval_split),
         reliability_diagram=reliability_diagram,
         num_bins=num_bins,
+        mce_min_count=MCE_MIN_COUNT,
         repo_id=repo_id or f"path/to/{model_name}",
+        library_name=library_name,
+        augmentation=augmentation or {},
+        head_note=head_note,
     )
 
 
@@ -247,6 +258,8 @@ def training_card(
     eval_split: str = "validation",
     reliability_diagram: str | None = None,
     num_bins: int | None = None,
+    augmentation: dict[str, str] | None = None,
+    head_note: str | None = None,
 ) -> ModelCard:
     """The card of a trained model, from what a trainer knows: `Trainer.create_model_card`'s arguments plus
     `results` (a row label -> metrics; default: the latest evaluation in `log_history`). `cskd` holds the
@@ -279,4 +292,7 @@ def training_card(
         license=license,
         language=language,
         tags=[tags] if isinstance(tags, str) else tags,
+        library_name="timm" if getattr(model.config, "model_type", None) == "timm_wrapper" else "transformers",
+        augmentation=augmentation,
+        head_note=head_note,
     )

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
-from .data_errors import fetch_rows
+from .data_errors import NamedRows, fetch_rows
 
 logger = logging.get_logger(__name__)
 
@@ -121,6 +121,8 @@ def read_labels(dataset: Any, label_column: str) -> np.ndarray:
     """Read the class index of every example without decoding images or running transforms."""
     import datasets
 
+    while isinstance(dataset, NamedRows):  # rows map one-to-one onto the wrapped dataset's
+        dataset = dataset.dataset
     if isinstance(dataset, datasets.Dataset):
         # Straight from the Arrow table: a `set_transform`/`with_transform` never runs and the
         # image column is never decoded. `select`/`shuffle` leave a lazy indices mapping.
@@ -277,8 +279,11 @@ class ClassPairedDataset(Dataset):
         return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by `Trainer`/Accelerate at the start of every epoch; pairs change with it."""
+        """Called by `CSKDTrainer` at the start of every epoch; pairs change with it (and so do the wrapped
+        dataset's random transforms, when it takes an epoch: `SeededRows`)."""
         self._epoch.fill_(int(epoch))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def pair_index(self, index: int, epoch: int | None = None) -> int:
         return self.index.pair(index, self.seed, self.epoch if epoch is None else epoch)

@@ -135,8 +135,8 @@ class PairTargets(TargetSource):
         return targets, {} if self_pairs is None else {"cskd_self_pair": self_pairs.float().mean()}
 
 
-class PairEpochCallback(TrainerCallback):
-    """Tell the `ClassPairedDataset` which epoch starts, so that pairs change every epoch.
+class EpochCallback(TrainerCallback):
+    """Tell the training set which epoch starts: class pairs and seeded transforms (`SeededRows`) change with it.
 
     Accelerate forwards `set_epoch` to the dataset only when no sampler takes it (it does not in
     distributed runs), so the trainer does it itself, on every rank, before the epoch's
@@ -145,7 +145,7 @@ class PairEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
         dataset = getattr(train_dataloader, "dataset", None)
-        if isinstance(dataset, ClassPairedDataset | StreamPairedDataset):
+        if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(math.floor(state.epoch or 0))
 
 

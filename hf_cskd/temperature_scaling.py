@@ -16,13 +16,18 @@ import torch
 from torch import nn
 
 from .calibration import calibration_metrics
+from .classifier_head import find_classifier_layers
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The range `fit_temperature` searches. A fit on a bound means the held-out data cannot support a
 temperature (too few examples, random or wrong labels): real classifiers land well inside."""
 
 
-class TemperatureOnBoundError(ValueError):
+class CalibrationNotApplied(ValueError):
+    """A fitted temperature was not baked into the model, which stays as trained (the message says why and the fix)."""
+
+
+class TemperatureOnBoundError(CalibrationNotApplied):
     """A fitted temperature on a bound of its search: not baked unless asked for (the message says why and the fix)."""
 
 
@@ -100,29 +105,6 @@ def temperature_on_bound(
         f"The fitted temperature reached the bound {temperature:g} (search range [{low:g}, {high:g}]) and cannot be "
         f"trusted: {why}."
     )
-
-
-def find_classifier_layers(model: nn.Module) -> list[nn.Linear]:
-    """The final `nn.Linear` layer(s) producing the logits (`num_labels` outputs) of a classifier.
-
-    Looks in the usual head attributes of transformers classifiers (`classifier`, `head`, `score`,
-    `fc`, `cls_classifier` + `distillation_classifier`). Raises rather than guess.
-    """
-    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    heads = [getattr(model, name) for name in ("classifier", "head", "score", "fc") if hasattr(model, name)]
-    heads += [getattr(model, name) for name in ("cls_classifier", "distillation_classifier") if hasattr(model, name)]
-    layers = []
-    for head in heads:
-        linears = [m for m in ([head] if isinstance(head, nn.Linear) else head.modules()) if isinstance(m, nn.Linear)]
-        if linears and (num_labels is None or linears[-1].out_features == num_labels):
-            layers.append(linears[-1])
-    if not layers:
-        raise ValueError(
-            f"Could not find the classification head of {type(model).__name__} (looked for a Linear layer with "
-            f"{num_labels} outputs under `classifier`, `head`, `score` or `fc`). Temperature scaling was not "
-            "applied; divide the logits by the temperature at inference instead."
-        )
-    return layers
 
 
 @contextmanager

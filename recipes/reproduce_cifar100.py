@@ -28,6 +28,7 @@ from transformers import HfArgumentParser, ViTImageProcessorPil
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import make_compute_metrics
 from hf_cskd.image_transforms import eval_transform, train_transform
+from hf_cskd.seeded_rows import SeededRows
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     model = CifarResNetForImageClassification(config)
     processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=CIFAR100_MEAN, image_std=CIFAR100_STD)
     columns = (data_args.image_column_name, data_args.label_column_name)
-    train = raw["train"].with_transform(train_transform(processor, *columns, crop_padding=4, horizontal_flip=True))
+    # Crops and flips drawn from (seed, epoch, row): a resumed run sees the images an uninterrupted one would.
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    train = SeededRows(raw["train"], train_transform(processor, *columns, crop_padding=4, horizontal_flip=True), seed)
     test = raw["test"].with_transform(eval_transform(processor, *columns))
 
     trainer = CSKDTrainer(

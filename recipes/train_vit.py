@@ -25,23 +25,16 @@ import torch
 import transformers
 import yaml
 from datasets import ClassLabel, DatasetDict, IterableDatasetDict, load_dataset
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    HfArgumentParser,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTImageProcessorPil,
-)
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
-from hf_cskd.data_errors import NamedRows
-from hf_cskd.image_transforms import eval_transform, train_transform
-from hf_cskd.model_card import hub_id
+from hf_cskd.data_errors import ExampleLoadError, NamedRows
+from hf_cskd.image_transforms import describe_train_augmentation, eval_transform, input_spec, train_transform
+from hf_cskd.pretrained import load_image_classifier
+from hf_cskd.seeded_rows import SeededRows
 from hf_cskd.stream_pairing import StreamPairedDataset
-from hf_cskd.temperature_scaling import TemperatureOnBoundError
+from hf_cskd.temperature_scaling import CalibrationNotApplied
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +88,20 @@ class ModelArguments:
         default=False,
         metadata={"help": "Replace a classification head whose size differs from the dataset's number of classes."},
     )
+    keep_pretrained_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep a checkpoint's head of the right size although its class names differ from the dataset's "
+            "(by default it is reordered by name when the names are the same set, re-initialized otherwise)."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Input side in pixels, for image processors that do not say it (no size, crop_size or timm "
+            "data_config); overrides the processor's size when given."
+        },
+    )
 
 
 @dataclass
@@ -137,6 +144,14 @@ class DataArguments:
             "help": "Read the training data as a stream (`load_dataset(..., streaming=True)`): nothing is downloaded "
             "or indexed up front. Needs --max_steps. Without a validation split, the first --max_eval_samples "
             f"(default {STREAM_VALIDATION_EXAMPLES}) streamed examples are held out for validation."
+        },
+    )
+    stream_shuffle_buffer: int = field(
+        default=1000,
+        metadata={
+            "help": "With --streaming, shuffle the training stream through a buffer of this many examples, anew every "
+            "epoch (`IterableDataset.shuffle`); 0 keeps the stream's order. Streams in class order (imagefolders) "
+            "need it: CS-KD and SGD both assume mixed classes in a batch."
         },
     )
     baseline_metrics: str | None = field(
@@ -185,8 +200,10 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
             data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, streaming=streaming
         )
     elif data_args.train_dir is not None:
+        check_image_folder(data_args.train_dir, "--train_dir")
         files = {"train": os.path.join(data_args.train_dir, "**")}
         if data_args.validation_dir is not None:
+            check_image_folder(data_args.validation_dir, "--validation_dir")
             files["validation"] = os.path.join(data_args.validation_dir, "**")
         raw = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir, streaming=streaming)
     else:
@@ -212,7 +229,7 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
             )
         raw = raw.class_encode_column(data_args.label_column_name)
     if streaming:
-        return stream_splits(raw, data_args)
+        return stream_splits(raw, data_args, seed)
 
     if "validation" not in raw:
         split = raw["train"].train_test_split(
@@ -234,6 +251,20 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
     return raw
 
 
+def check_image_folder(path: str, flag: str) -> None:
+    """An imagefolder that is missing, empty or without class sub-folders, named with the layout expected."""
+    layout = f"one sub-folder per class holding its images: {path}/<class name>/<image> (e.g. {path}/cat/001.jpg)"
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: no such folder. Expected {layout}.")
+    if next((p for p in root.rglob("*") if p.is_file()), None) is None:
+        raise ValueError(f"{flag} {path} holds no files. Expected {layout}.")
+    if not any(p.is_dir() for p in root.iterdir()):
+        raise ValueError(
+            f"{flag} {path} holds files but no class sub-folders, so there are no labels. Expected {layout}."
+        )
+
+
 def per_class_subset(dataset: datasets.Dataset, label_column: str, per_class: int, seed: int) -> datasets.Dataset:
     """A seeded random subset with at most `per_class` rows of each class (classes with fewer keep all)."""
     if per_class < 1:
@@ -246,20 +277,15 @@ def per_class_subset(dataset: datasets.Dataset, label_column: str, per_class: in
     return dataset.select(sorted(keep))
 
 
-def check_model_path(name: str) -> None:
-    """A missing local folder is reported as such, not as a malformed Hub id or a failed download."""
-    if not os.path.exists(name) and hub_id(name) is None:
-        raise FileNotFoundError(
-            f"--model_name_or_path {name}: no such folder. Pass an existing local checkpoint folder (with "
-            "config.json) or a Hub model id such as google/vit-base-patch16-224-in21k."
-        )
-
-
-def stream_splits(raw: IterableDatasetDict, data_args: DataArguments) -> IterableDatasetDict:
-    """Hold out the first examples of a stream for validation when it has no validation split; truncate."""
+def stream_splits(raw: IterableDatasetDict, data_args: DataArguments, seed: int) -> IterableDatasetDict:
+    """Hold out the first examples of a stream for validation when it has no validation split (refused when
+    that leaves no training data or covers too few classes); shuffle the training stream; truncate."""
     if "validation" not in raw:
         held_out = data_args.max_eval_samples or STREAM_VALIDATION_EXAMPLES
+        check_stream_hold_out(raw["train"], data_args.label_column_name, held_out)
         raw["validation"], raw["train"] = raw["train"].take(held_out), raw["train"].skip(held_out)
+    if data_args.stream_shuffle_buffer > 0:  # after the hold-out: a new order every epoch never reaches validation
+        raw["train"] = raw["train"].shuffle(seed=seed, buffer_size=data_args.stream_shuffle_buffer)
     if data_args.max_train_samples is not None:
         raw["train"] = raw["train"].take(data_args.max_train_samples)
     if data_args.max_eval_samples is not None:
@@ -267,6 +293,31 @@ def stream_splits(raw: IterableDatasetDict, data_args: DataArguments) -> Iterabl
             if name in raw:
                 raw[name] = raw[name].take(data_args.max_eval_samples)
     return raw
+
+
+def check_stream_hold_out(stream: datasets.IterableDataset, label_column: str, held_out: int) -> None:
+    """Refuse a validation hold-out (the stream's first `held_out` examples) that leaves nothing to train on, or
+    that covers far fewer classes than a shuffled stream would (a stream in class order, e.g. an imagefolder)."""
+    fix = "Give a validation split (--validation_dir, or a dataset that has one)"
+    labels = stream.select_columns([label_column])
+    seen = [row[label_column] for row in labels.take(held_out + 1)]  # reads labels only, decodes no image
+    if len(seen) <= held_out:
+        raise ValueError(
+            f"The training stream has only {len(seen)} examples and the validation hold-out takes its first {held_out} "
+            f"(--max_eval_samples, default {STREAM_VALIDATION_EXAMPLES}): nothing is left to train on. {fix}, or "
+            f"pass --max_eval_samples {max(1, len(seen) // 7)}; a stream this small can also be read without --streaming."
+        )
+    # A shuffled stream leaves about m = C (1 - 1/C)^n of the C classes out of n examples; many more: class order.
+    num_classes = stream.features[label_column].num_classes
+    covered, missing = len(set(seen[:held_out])), num_classes * (1 - 1 / num_classes) ** held_out
+    expected = num_classes - missing
+    if num_classes - covered > missing + 3 * missing**0.5:
+        raise ValueError(
+            f"The validation hold-out (the first {held_out} examples of the stream) covers {covered} of the "
+            f"{num_classes} classes, where a shuffled stream would cover about {expected:.0f}: the stream is in class "
+            "order (an imagefolder streams folder by folder), so validation and temperature scaling would see only "
+            f"those classes. {fix}, or shuffle the source files first."
+        )
 
 
 def stream_datasets(raw: IterableDatasetDict, data_args: DataArguments, args: CSKDConfig, transforms: tuple, labels):
@@ -299,44 +350,12 @@ def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
             label2id=label2id,
         )  # fmt: skip
         processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-        return ViTForImageClassification(config), processor
+        return ViTForImageClassification(config), processor, None
 
-    check_model_path(model_args.model_name_or_path)
-    common = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    try:
-        base = AutoConfig.from_pretrained(model_args.model_name_or_path, **common)
-    except OSError as error:
-        if os.path.exists(model_args.model_name_or_path):
-            raise  # a local folder that is not a checkpoint: transformers says what is missing
-        raise OSError(
-            f"Could not load {model_args.model_name_or_path!r} as a Hub model id (and no such local folder exists): "
-            f"{error}"
-        ) from error
-    has_head = bool(getattr(base, "architectures", None)) and any(
-        "ForImageClassification" in a for a in base.architectures
-    )
-    if has_head and base.num_labels != len(labels) and not model_args.ignore_mismatched_sizes:
-        raise ValueError(
-            f"{model_args.model_name_or_path} has a classification head for {base.num_labels} classes but the "
-            f"dataset has {len(labels)}. Pass --ignore_mismatched_sizes to replace the head with a new one."
-        )
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path,
-        num_labels=len(labels),
-        id2label=id2label,
-        label2id=label2id,
-        finetuning_task="image-classification",
-        **common,
-    )
-    model = AutoModelForImageClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        **common,
-    )
-    # The PIL backend: the default torchvision backend is not a dependency of this project.
-    processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, backend="pil", **common)
-    return model, processor
+    return load_image_classifier(
+        model_args.model_name_or_path, labels, model_args.ignore_mismatched_sizes, model_args.keep_pretrained_head,
+        revision=model_args.model_revision, cache_dir=model_args.cache_dir,
+    )  # fmt: skip
 
 
 def method_name(training_args: CSKDConfig) -> str:
@@ -393,19 +412,28 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     with training_args.main_process_first(desc="loading the dataset"):
         raw = load_splits(data_args, model_args, training_args.seed)
     labels = raw["train"].features[data_args.label_column_name].names
-    model, processor = build_model_and_processor(model_args, labels)
+    model, processor, head_note = build_model_and_processor(model_args, labels)
 
     columns = (data_args.image_column_name, data_args.label_column_name)
+    spec = input_spec(processor, model_args.image_size)
+    scale = (data_args.crop_scale_min, 1.0)
     transforms = (
-        train_transform(
-            processor, *columns, scale=(data_args.crop_scale_min, 1.0), horizontal_flip=data_args.horizontal_flip
-        ),
-        eval_transform(processor, *columns),
+        train_transform(spec, *columns, scale=scale, horizontal_flip=data_args.horizontal_flip),
+        eval_transform(processor, *columns, spec=spec),
     )
+    augmentation = {
+        "train": describe_train_augmentation(spec, scale, data_args.horizontal_flip),
+        "evaluation": transforms[1].description,
+    }
+    if training_args.process_index == 0:  # shown by default: the photo augmentation can hurt other images
+        print(f"Training images: {augmentation['train']} (--crop_scale_min, --horizontal_flip change it).")
+        print(f"Evaluation images: {augmentation['evaluation']}.")
     if data_args.streaming:
         train, validation, test = stream_datasets(raw, data_args, training_args, transforms, labels)
     else:
-        train = raw["train"].with_transform(transforms[0])
+        # Each image's crop and flip are drawn from (seed, epoch, row): a resumed run sees the same images.
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        train = SeededRows(raw["train"], transforms[0], seed)
         # Held-out rows that cannot be loaded are named (split, row, file), as the training set's are.
         validation = NamedRows(raw["validation"].with_transform(transforms[1]), split="validation")
         test = NamedRows(raw["test"].with_transform(transforms[1]), split="test") if "test" in raw else None
@@ -435,7 +463,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     if data_args.calibrate:
         try:
             temperature = trainer.calibrate(validation, split_name="validation")
-        except TemperatureOnBoundError as error:  # kept raw; said in the summary, calibration.json and the card
+        except CalibrationNotApplied as error:  # kept raw (T on a bound, or a head that cannot absorb it): said in
+            # the summary, calibration.json and the card
             logger.warning(str(error))
             final["calibration_warning"] = trainer.calibration["warning"]
     if temperature is not None:
@@ -460,6 +489,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
         "num_bins": data_args.num_bins,
         "dataset": data_args.dataset_name or (Path(data_args.train_dir).name if data_args.train_dir else EMBEDDED_NAME),
         "dataset_tags": data_args.dataset_name,
+        "augmentation": augmentation,
+        "head_note": head_note,
     }
     if trainer.is_world_process_zero():
         print("\n" + summary_table(results, report_split) + "\n")
@@ -476,5 +507,14 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     return trainer
 
 
+USER_ERRORS = (ValueError, OSError, ImportError, ExampleLoadError)
+"""Bad arguments or data: their message says what to do, a traceback adds nothing (HF_CSKD_TRACEBACK=1 shows it)."""
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as error:
+        if os.environ.get("HF_CSKD_TRACEBACK") == "1":
+            raise
+        print(f"\nerror: {error}\n(HF_CSKD_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)

@@ -292,8 +292,9 @@ def test_streaming_recipe_on_the_embedded_digits(tmp_path, mode):
 
 def test_streaming_an_imagefolder_and_bf16_queue_mode(tmp_path, monkeypatch):
     train_dir = write_imagefolder(tmp_path / "train", ["cat", "dog"], per_class=12)
-    flags = ["--train_dir", str(train_dir), "--streaming", "--max_eval_samples", "6", "--cskd_mode", "queue", "--bf16",
-             "--use_cpu"]  # fmt: skip
+    validation_dir = write_imagefolder(tmp_path / "validation", ["cat", "dog"], per_class=3)  # a stream in folder
+    flags = ["--train_dir", str(train_dir), "--validation_dir", str(validation_dir), "--streaming", "--cskd_mode",
+             "queue", "--bf16", "--use_cpu"]  # order cannot give its own hold-out  # fmt: skip
     trainer = run(tmp_path, *flags)
     queue = trainer.cskd_targets.queue
     assert queue.logits.dtype == torch.float32 and queue.filled.any()  # the queue stays float32 under bf16
