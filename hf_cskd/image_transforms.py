@@ -142,6 +142,40 @@ def input_spec(processor: Any, image_size: int | None = None) -> InputSpec:
     )  # fmt: skip
 
 
+SIDES = ("height", "width", "shortest_edge", "longest_edge")
+
+
+def with_input_size(processor: Any, side: int, model: Any = None) -> Any:
+    """A copy of `processor` that outputs `side` x `side` pixels, for a model trained at that size.
+
+    A transformers processor gets its `size` and `crop_size` scaled together (their ratio kept: the
+    same crop fraction); a processor without them gets `size` = side. A timm processor is rebuilt
+    from its `pretrained_cfg` with `input_size` (and `test_input_size`) = side, and `model.config`
+    gets the same `pretrained_cfg`, so that the saved checkpoint tells `pipeline` and timm users the
+    size it was trained at.
+    """
+    import copy
+
+    if getattr(processor, "data_config", None) is not None:  # timm
+        config = getattr(model, "config", None)
+        pretrained_cfg = dict(getattr(config, "pretrained_cfg", None) or {})
+        if not pretrained_cfg:
+            raise ValueError("A timm processor needs the model's config.pretrained_cfg to change its input size.")
+        pretrained_cfg["input_size"] = pretrained_cfg["test_input_size"] = [3, side, side]
+        config.pretrained_cfg = pretrained_cfg
+        return type(processor)(pretrained_cfg=pretrained_cfg, architecture=getattr(config, "architecture", None))
+    resized = copy.deepcopy(processor)
+    sizes = {a: dict(getattr(processor, a)) for a in ("size", "crop_size") if getattr(processor, a, None)}
+    output = fixed_output_size(processor)
+    if not sizes:
+        resized.size = {"height": side, "width": side}
+        return resized
+    reference = output[0] if output else max(v for k, v in sizes["size"].items() if k in SIDES and v)
+    for attribute, size in sizes.items():
+        setattr(resized, attribute, {k: round(v * side / reference) for k, v in size.items() if k in SIDES and v})
+    return resized
+
+
 def measured_normalization(processor: Any, size: tuple[int, int]) -> tuple[tuple, tuple, bool] | None:
     """(mean, std, BGR?) of a processor, measured on black, white and red images of the input size (the center
     pixel: padding and resizing cannot move it); None when the processor gives no 3-channel pixels."""

@@ -30,7 +30,13 @@ from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification,
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
 from hf_cskd.data_errors import ExampleLoadError, NamedRows
-from hf_cskd.image_transforms import describe_train_augmentation, eval_transform, input_spec, train_transform
+from hf_cskd.image_transforms import (
+    describe_train_augmentation,
+    eval_transform,
+    input_spec,
+    train_transform,
+    with_input_size,
+)
 from hf_cskd.pretrained import load_image_classifier
 from hf_cskd.seeded_rows import SeededRows
 from hf_cskd.stream_pairing import StreamPairedDataset
@@ -98,8 +104,8 @@ class ModelArguments:
     image_size: int | None = field(
         default=None,
         metadata={
-            "help": "Input side in pixels, for image processors that do not say it (no size, crop_size or timm "
-            "data_config); overrides the processor's size when given."
+            "help": "Train and evaluate at this input side (pixels) instead of the processor's (or where the processor "
+            "does not say it); the saved processor (or timm pretrained_cfg) says it, so pipeline users get it too."
         },
     )
 
@@ -415,6 +421,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     model, processor, head_note = build_model_and_processor(model_args, labels)
 
     columns = (data_args.image_column_name, data_args.label_column_name)
+    if model_args.image_size:  # the saved processor must say the size the model was trained at
+        processor = with_input_size(processor, model_args.image_size, model)
     spec = input_spec(processor, model_args.image_size)
     scale = (data_args.crop_scale_min, 1.0)
     transforms = (

@@ -20,7 +20,7 @@ from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoModelForImageCl
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from hf_cskd.image_transforms import eval_transform, fixed_output_size, input_spec, train_transform
+from hf_cskd.image_transforms import eval_transform, input_spec, train_transform, with_input_size
 from hf_cskd.temperature_scaling import bake_temperature
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,20 +38,6 @@ def test_every_architecture_is_covered_or_excluded_with_a_reason():
     assert not set(TINY_CONFIGS) & set(EXCLUDED)
 
 
-SIDES = ("height", "width", "shortest_edge", "longest_edge")
-
-
-def scaled(processor, side: int) -> None:
-    """The processor's `size` and `crop_size` scaled down together (their ratio kept), so that what it outputs is
-    `side` pixels (EfficientNet's resizes to 346 and does not crop its 289 `crop_size`; Perceiver's crops 256 and
-    then resizes to 224)."""
-    sizes = {a: dict(getattr(processor, a)) for a in ("size", "crop_size") if getattr(processor, a, None)}
-    output = fixed_output_size(processor)  # None for processors that keep aspect ratios (TextNet): scale `size`
-    reference = output[0] if output else max(v for k, v in sizes["size"].items() if k in SIDES and v)
-    for attribute, size in sizes.items():
-        setattr(processor, attribute, {k: round(v * side / reference) for k, v in size.items() if k in SIDES and v})
-
-
 def save_tiny_checkpoint(model_type: str, folder: Path, num_labels: int = 3) -> None:
     torch.manual_seed(0)
     names = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
@@ -61,9 +47,9 @@ def save_tiny_checkpoint(model_type: str, folder: Path, num_labels: int = 3) -> 
     getattr(transformers, name)(config).save_pretrained(folder)
     side = SIZES.get(model_type, SIZE)
     processors = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {"pil": "BitImageProcessorPil"}
-    processor = getattr(transformers, processors["pil"])()
-    scaled(processor, side)
-    processor.save_pretrained(folder)
+    # Scaled down with its ratios kept (EfficientNet's resizes to 346 and does not crop its 289 `crop_size`;
+    # Perceiver's crops 256, then resizes to 224), so that it outputs `side` pixels.
+    with_input_size(getattr(transformers, processors["pil"])(), side).save_pretrained(folder)
 
 
 def probe_images() -> list[Image.Image]:

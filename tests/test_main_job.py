@@ -264,3 +264,32 @@ def test_a_head_that_cannot_absorb_the_temperature_leaves_a_saved_raw_model(tmp_
     assert "Temperature scaling was not applied" in capsys.readouterr().out
     assert "Temperature scaling was **not applied**" in (out / "README.md").read_text()
     assert (out / "model.safetensors").is_file() and "calibration_temperature" not in (out / "config.json").read_text()
+
+
+def test_image_size_trains_at_that_size_and_the_saved_processor_says_it(tmp_path):
+    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
+
+    folder = tmp_path / "ckpt"  # a ResNet (any input size) whose processor says 16 px
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=2,
+                          id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})  # fmt: skip
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ConvNextImageProcessorPil(size={"shortest_edge": 16}).save_pretrained(folder)
+    train_dir = write_imagefolder(tmp_path / "train", ["0", "1"], per_class=8)
+    out = tmp_path / "out"
+    trainer = train_vit.main([*FAST, "--max_steps", "1", "--model_name_or_path", str(folder), "--train_dir",
+                              str(train_dir), "--train_val_split", "0.5", "--image_size", "24", "--output_dir", str(out),
+                              "--no_calibrate"])  # fmt: skip
+    assert trainer.train_dataset[0]["pixel_values"].shape == (3, 24, 24)
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"shortest_edge": 24}
+    # pipeline users preprocess as the evaluation did: the same logits.
+    from transformers import AutoModelForImageClassification, pipeline
+
+    image = Image.open(next((train_dir / "1").iterdir())).convert("RGB")
+    evaluated = train_vit.eval_transform(trainer.processing_class)({"image": [image], "label": [1]})["pixel_values"][0]
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = model(pixel_values=evaluated[None]).logits[0]
+    rows = pipeline("image-classification", model=str(out))(image, function_to_apply="none")
+    got = torch.tensor([{r["label"]: r["score"] for r in rows}[name] for name in ("0", "1")])
+    torch.testing.assert_close(got, logits, rtol=1e-4, atol=1e-4)

@@ -107,3 +107,16 @@ def test_a_calibrated_timm_checkpoint_carries_the_temperature_in_its_head(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(calibrated(x), uncalibrated(x) / 2.5, rtol=1e-4, atol=1e-5)
     assert json.loads((out / "config.json").read_text())["calibration_temperature"] == pytest.approx(2.5)
+
+
+def test_image_size_is_written_into_the_timm_config(tmp_path):
+    source = save_timm_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    train_vit.main([*FAST, "--model_name_or_path", str(source), "--ignore_mismatched_sizes", "--output_dir", str(out),
+                    "--image_size", "64", "--no_calibrate"])  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 64, 64]
+    bare = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert timm.data.resolve_data_config(model=bare)["input_size"] == (3, 64, 64)  # timm users get 64 px
+    processor = AutoImageProcessor.from_pretrained(out)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    assert processor(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 64, 64)  # and pipeline users
