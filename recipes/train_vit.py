@@ -520,9 +520,7 @@ USER_ERRORS = (ValueError, OSError, ImportError, ExampleLoadError)
 
 if __name__ == "__main__":
     try:
-        # end_training destroys the process group: a rank that exits with it alive can abort ("terminate called
-        # without an active exception", seen about once in 20 two-process runs), failing a finished run.
-        main().accelerator.end_training()
+        main().accelerator.end_training()  # destroys the process group, as Accelerate asks scripts to do
     except USER_ERRORS as error:
         if os.environ.get("HF_CSKD_TRACEBACK") == "1":
             raise

@@ -74,3 +74,24 @@ def vit():
 @pytest.fixture
 def image_dataset():
     return make_image_dataset()
+
+
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_processes(command: list[str], env: dict[str, str]):
+    """Run a `torch.distributed.run` command; run it once more (on a new port) when a rank aborted with
+    TEARDOWN_ABORT. That abort, after training has ended, happens in about 1 of 15-20 two-process gloo runs on
+    2 cores, on the landed code as on this one (issue 18's note); it is not what these tests test."""
+    import socket
+    import subprocess
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and TEARDOWN_ABORT in done.stderr:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        command = list(command)
+        command[command.index("--master_port") + 1] = port
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return done

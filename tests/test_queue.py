@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image_dataset, make_vit, training_args
+from conftest import make_image_dataset, make_vit, run_processes, training_args
 from safetensors.torch import load_file
 from test_recipe import free_port
 from test_trainer import grads, official_kd
@@ -215,7 +214,7 @@ def test_two_processes_hold_identical_queues_and_draw_like_one_process(tmp_path)
     env = {**os.environ, "PROBE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(ROOT / "tests" / "scripts" / "queue_probe.py"), str(tmp_path / "out")]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_processes(command, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     steps = json.loads((tmp_path / "rank0.json").read_text())["steps"]

@@ -2,13 +2,13 @@ import functools
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_processes
 from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -116,7 +116,7 @@ def test_two_processes(tmp_path):
         "--ddp_find_unused_parameters", "false", "--cskd_mode", "pairs",
     ]  # fmt: skip
     command[command.index("29517")] = str(free_port())
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_processes(command, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "rank 0: world_size=2 is_main=True" in done.stdout
     assert "rank 1: world_size=2 is_main=False" in done.stdout

@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_dataset, make_vit, training_args
+from conftest import TEARDOWN_ABORT, make_image_dataset, make_vit, run_processes, training_args
 from datasets import ClassLabel, Dataset, Value, load_dataset
 from test_recipe import free_port
 from torch.utils.data import DataLoader
@@ -116,7 +115,7 @@ def test_two_processes_on_a_stream(tmp_path, mode):
     env = {**os.environ, "PROBE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(SCRIPTS / "stream_probe.py"), str(tmp_path / "out"), mode]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_processes(command, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     records = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)}
     assert len(records[0]) == len(records[1]) == 10  # both ranks ran every step: no hang on uneven shards
@@ -127,3 +126,15 @@ def test_two_processes_on_a_stream(tmp_path, mode):
             assert all(0 <= a < 29 for a in rec["anchors"])
             if mode == "pairs":
                 assert rec["labels"] == rec["pair_labels"]
+
+
+def test_run_processes_reruns_only_a_teardown_abort(tmp_path):
+    """The harness of the two-process tests: one rerun for the gloo teardown abort, none for a real failure."""
+    script = (
+        "import pathlib, sys; marker = pathlib.Path(sys.argv[1]); first = not marker.exists(); marker.touch(); "
+        f"sys.stderr.write({TEARDOWN_ABORT!r} if first else ''); sys.exit(int(sys.argv[2]) if first else 0)"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path / "marker"), "134", "--master_port", "1"]
+    assert run_processes(command, dict(os.environ)).returncode == 0  # aborted, rerun, passed
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)", "--master_port", "1"]
+    assert run_processes(failing, dict(os.environ)).returncode == 3

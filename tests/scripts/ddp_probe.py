@@ -31,4 +31,4 @@ def recording_getitems(self, indices):
 ClassPairedDataset.__getitems__ = recording_getitems
 trainer = train_vit.main(sys.argv[1:])
 print(f"rank {os.environ['RANK']}: world_size={trainer.args.world_size} is_main={trainer.is_world_process_zero()}")
-trainer.accelerator.end_training()  # destroy the process group: a rank that exits with it alive can abort
+trainer.accelerator.end_training()  # destroys the process group, as Accelerate asks scripts to do

@@ -48,4 +48,4 @@ save_file(record, probe / f"rank{rank}.safetensors")
 (probe / f"rank{rank}.json").write_text(
     json.dumps({"steps": len([k for k in record if k.startswith("step") and k.endswith(".ids")])})
 )
-trainer.accelerator.end_training()  # destroy the process group: a rank that exits with it alive can abort
+trainer.accelerator.end_training()  # destroys the process group, as Accelerate asks scripts to do

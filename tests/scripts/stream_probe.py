@@ -58,4 +58,4 @@ trainer.training_step = recording_step
 trainer.train()
 assert trainer.args.world_size == 2
 (probe / f"rank{rank}.json").write_text(json.dumps(records))
-trainer.accelerator.end_training()  # destroy the process group: a rank that exits with it alive can abort
+trainer.accelerator.end_training()  # destroys the process group, as Accelerate asks scripts to do
