@@ -127,11 +127,12 @@ class _KeyReportFilter(stdlib_logging.Filter):
 
 
 @contextmanager
-def quiet_key_report(enabled: bool) -> Iterator[None]:
-    """Drop `Trainer`'s "missing keys / unexpected keys" warnings (each lists every tensor: ~10 KB for a ViT)
-    while `enabled`: for renamed weights that `reload_renamed_weights` loads right after, they are noise."""
+def quiet_key_report(model: nn.Module, folder: str | None) -> Iterator[None]:
+    """Around `Trainer`'s load of `folder` into `model`: drop its "missing keys / unexpected keys" warnings (each
+    lists every tensor: ~10 KB for a ViT) when the folder holds renamed weights, which `reload_renamed_weights`
+    loads right after; any other missing key is still reported."""
     trainer_logger, key_filter = stdlib_logging.getLogger("transformers.trainer"), _KeyReportFilter()
-    if enabled:
+    if has_renamed_weights(model, folder):
         trainer_logger.addFilter(key_filter)
     try:
         yield

@@ -24,14 +24,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from .checkpoints import (
-    complete_checkpoint,
-    has_renamed_weights,
-    load_targets,
-    quiet_key_report,
-    reload_renamed_weights,
-    save_targets,
-)
+from .checkpoints import complete_checkpoint, load_targets, quiet_key_report, reload_renamed_weights, save_targets
 from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig, cskd_settings
 from .grad_accumulation import kd_denominator, loss_is_scaled_for_ga, normalizes_by_count
@@ -47,7 +40,13 @@ from .targets import (
     make_target_source,
     model_logits,
 )
-from .temperature_scaling import CalibrationNotApplied, TemperatureOnBoundError, bake_temperature, fitted_calibration
+from .temperature_scaling import (
+    CalibrationNotApplied,
+    TemperatureOnBoundError,
+    bake_temperature,
+    fitted_calibration,
+    not_baked,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -199,8 +198,7 @@ class CSKDTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = model if model is not None else self.model
-        # The renamed tensors are reloaded right after: Trainer's missing/unexpected-key report on them is noise.
-        with quiet_key_report(has_renamed_weights(target, resume_from_checkpoint)):
+        with quiet_key_report(target, resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._reload_renamed_weights(target, resume_from_checkpoint)
 
@@ -248,8 +246,7 @@ class CSKDTrainer(Trainer):
             self.calibration = fitted_calibration(logits, prediction.label_ids, split_name)
             temperature = self.calibration["temperature"]
             if "warning" in self.calibration and not bake_on_bound:  # recorded for calibration.json and the card
-                self.calibration["fitted_temperature"] = self.calibration.pop("temperature")
-                del self.calibration["after"]
+                self.calibration = not_baked(self.calibration, self.calibration["warning"])
                 raise TemperatureOnBoundError(
                     f"{self.calibration['warning']} The model was left uncalibrated (bake_on_bound=True bakes it)."
                 )
@@ -258,10 +255,9 @@ class CSKDTrainer(Trainer):
             try:
                 bake_temperature(self.accelerator.unwrap_model(self.model), temperature, example_inputs)
             except ValueError as error:  # the model is unchanged: say so, as for a bound
-                self.calibration["fitted_temperature"] = self.calibration.pop("temperature")
-                del self.calibration["after"]
-                self.calibration["warning"] = f"T = {temperature:.4f} was fitted but not baked into the model: {error}"
-                raise CalibrationNotApplied(self.calibration["warning"]) from error
+                reason = f"T = {temperature:.4f} was fitted but not baked into the model: {error}"
+                self.calibration = not_baked(self.calibration, reason)
+                raise CalibrationNotApplied(reason) from error
         finally:
             self.model.train(was_training)
         logger.info(f"Temperature scaling: T = {temperature:.4f} (fitted on {split_name}).")

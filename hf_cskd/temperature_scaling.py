@@ -76,6 +76,13 @@ def fitted_calibration(logits: Any, labels: Any, split: str = "validation") -> d
     return record if problem is None else {**record, "warning": problem}
 
 
+def not_baked(record: dict[str, Any], warning: str) -> dict[str, Any]:
+    """A `fitted_calibration` record of a temperature left out of the model (on a bound, or a head that cannot
+    absorb it): the value as `fitted_temperature`, no `after` metrics, and the `warning` that says why."""
+    kept = {key: value for key, value in record.items() if key not in ("temperature", "after", "warning")}
+    return {**kept, "fitted_temperature": record["temperature"], "warning": warning}
+
+
 def temperature_on_bound(
     temperature: float,
     logits: Any,

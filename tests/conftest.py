@@ -95,3 +95,16 @@ def run_processes(command: list[str], env: dict[str, str]):
         command[command.index("--master_port") + 1] = port
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     return done
+
+
+def write_imagefolder(root, classes: list[str], per_class: int = 6, base: float = 60, step: float = 120):
+    """An imagefolder (`root/<class>/<i>.png`, 12x12 RGB) whose classes differ in brightness: base + step * k."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(base + step * k, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root

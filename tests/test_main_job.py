@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -32,13 +33,7 @@ FAST = ["--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_
 
 
 def write_imagefolder(root: Path, classes: list[str], per_class: int) -> Path:
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(20 + 20 * k, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+    return conftest.write_imagefolder(root, classes, per_class, base=20, step=20)  # 10 classes within 0-255
 
 
 def save_checkpoint(folder: Path, labels: list[str]) -> Path:

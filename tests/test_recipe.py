@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_processes
+from conftest import run_processes, write_imagefolder
 from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -157,16 +157,6 @@ def test_bf16_on_cpu_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
     assert forwards and all(forwards)  # anchor and pair forwards really ran under bf16 autocast
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 4 and all(np.isfinite([log["loss"], log["ce_loss"], log["cskd_loss"]]).all() for log in logs)
-
-
-def write_imagefolder(root: Path, classes: list[str], per_class: int = 6) -> Path:
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(60 + 120 * k, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 def test_imagefolder_with_class_names(tmp_path):
