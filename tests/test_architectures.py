@@ -26,7 +26,7 @@ from hf_cskd.temperature_scaling import bake_temperature
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import train_vit  # noqa: E402
-from tiny_image_classifiers import EXCLUDED, SIZE, SIZES, TIMM, TINY_CONFIGS  # noqa: E402
+from tiny_image_classifiers import EXCLUDED, NO_IMAGE_PROCESSOR, SIZE, SIZES, TIMM, TINY_CONFIGS  # noqa: E402
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_train_samples",
         "40", "--max_eval_samples", "24", "--eval_strategy", "no", "--logging_steps", "1", "--ignore_mismatched_sizes"]  # fmt: skip
@@ -46,10 +46,12 @@ def save_tiny_checkpoint(model_type: str, folder: Path, num_labels: int = 3) -> 
     config.architectures = [name]
     getattr(transformers, name)(config).save_pretrained(folder)
     side = SIZES.get(model_type, SIZE)
-    processors = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {"pil": "BitImageProcessorPil"}
+    pil = (
+        "BitImageProcessorPil" if model_type in NO_IMAGE_PROCESSOR else IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"]
+    )
     # Scaled down with its ratios kept (EfficientNet's resizes to 346 and does not crop its 289 `crop_size`;
     # Perceiver's crops 256, then resizes to 224), so that it outputs `side` pixels.
-    with_input_size(getattr(transformers, processors["pil"])(), side).save_pretrained(folder)
+    with_input_size(getattr(transformers, pil)(), side).save_pretrained(folder)
 
 
 def probe_images() -> list[Image.Image]:
