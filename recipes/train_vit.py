@@ -28,7 +28,7 @@ from datasets import ClassLabel, DatasetDict, IterableDatasetDict, load_dataset
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_cskd import CSKDConfig, CSKDTrainer
-from hf_cskd.calibration import make_compute_metrics, plot_reliability_diagram
+from hf_cskd.calibration import calibration_metrics, make_compute_metrics, plot_reliability_diagram
 from hf_cskd.data_errors import ExampleLoadError, NamedRows
 from hf_cskd.image_transforms import (
     describe_train_augmentation,
@@ -467,6 +467,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     prediction = trainer.predict(report_data, metric_key_prefix=report_split)
     results = {method: strip_prefix(prediction.metrics, report_split)}
     final, final_logits = prediction.metrics, prediction.predictions
+    if isinstance(final_logits, tuple):  # models that also return other outputs (e.g. LeViT's two heads' logits)
+        final_logits = final_logits[0]
     temperature = None
     if data_args.calibrate:
         try:
@@ -476,13 +478,12 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
             logger.warning(str(error))
             final["calibration_warning"] = trainer.calibration["warning"]
     if temperature is not None:
+        # The baked head outputs the raw logits / T (bake_temperature checks it): score those, no second pass.
+        final_logits = final_logits / temperature
+        scaled = calibration_metrics(final_logits, prediction.label_ids, data_args.num_bins)
+        results[f"{method} + temperature scaling (T = {temperature:.3f})"] = scaled
         raw = {f"{report_split}_raw_{k}": v for k, v in results[method].items()}
-        prediction = trainer.predict(report_data, metric_key_prefix=report_split)
-        results[f"{method} + temperature scaling (T = {temperature:.3f})"] = strip_prefix(
-            prediction.metrics, report_split
-        )
-        final = {**prediction.metrics, **raw, "temperature": temperature}
-        final_logits = prediction.predictions
+        final = {**{f"{report_split}_{k}": v for k, v in scaled.items()}, **raw, "temperature": temperature}
     if data_args.baseline_metrics is not None:
         results.update(baseline_rows(data_args.baseline_metrics))
     final["method"] = method

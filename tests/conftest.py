@@ -1,10 +1,14 @@
+import gzip
 import os
+import struct
 
 # Offline, before anything imports huggingface_hub (it reads these at import time).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +112,35 @@ def write_imagefolder(root, classes: list[str], per_class: int = 6, base: float 
             pixels = np.clip(rng.normal(base + step * k, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+def fashion_mnist_module():
+    """recipes/data/fashion_mnist.py (a script folder, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "data" / "fashion_mnist.py"
+    spec = importlib.util.spec_from_file_location("fashion_mnist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_debian_folder(folder: Path, sizes=(("train", 20), ("test", 10))) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    fashion_mnist = fashion_mnist_module()
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    written = {}
+    for split, n in sizes:
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n) % 10
+        images_name, labels_name = fashion_mnist.FILES[split]
+        write_idx(folder / images_name, images, fashion_mnist.IMAGES_MAGIC)
+        write_idx(folder / labels_name, labels, fashion_mnist.LABELS_MAGIC)
+        written[split] = (images, labels)
+    return written

