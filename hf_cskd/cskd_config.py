@@ -65,6 +65,19 @@ class CSKDConfig(TrainingArguments):
         },
     )
 
+    teacher_kd_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight α of the distillation term from a teacher, `CSKDTrainer(teacher_model=...)` (Hinton et "
+            "al.): α · T_t² · KL(softmax(teacher/T_t) ‖ softmax(student/T_t)). Used only with a teacher; 0 turns the "
+            "term off. Must be >= 0."
+        },
+    )
+    teacher_kd_temperature: float = field(
+        default=4.0,
+        metadata={"help": "Softmax temperature T_t of the teacher term (both sides). Must be > 0."},
+    )
+
     def __post_init__(self):
         if self.cskd_mode not in CSKD_MODES:
             raise ValueError(
@@ -98,6 +111,13 @@ class CSKDConfig(TrainingArguments):
                 f"cskd_lambda must be >= 0, got {self.cskd_lambda}. Use 0 for plain cross-entropy, 1 for the "
                 "paper's default."
             )
+        if not self.teacher_kd_temperature > 0:
+            raise ValueError(f"teacher_kd_temperature must be > 0, got {self.teacher_kd_temperature} (default 4).")
+        if not self.teacher_kd_weight >= 0:
+            raise ValueError(
+                f"teacher_kd_weight must be >= 0, got {self.teacher_kd_weight}. Use 0 to train without the teacher's "
+                "term, 1 (the default) to weigh it as the cross-entropy."
+            )
         super().__post_init__()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -112,11 +132,12 @@ class CSKDConfig(TrainingArguments):
         return clone
 
 
-CSKD_DEFAULTS = {f.name: f.default for f in fields(CSKDConfig) if f.name.startswith("cskd_")}
+CSKD_DEFAULTS = {f.name: f.default for f in fields(CSKDConfig) if f.name.startswith(("cskd_", "teacher_kd_"))}
 
 
 def cskd_settings(args: TrainingArguments) -> SimpleNamespace:
-    """The CS-KD knobs of any training arguments: a `CSKDConfig`'s own, the defaults for plain `TrainingArguments`.
+    """The CS-KD (and teacher) knobs of any training arguments: a `CSKDConfig`'s own, the defaults for plain
+    `TrainingArguments`.
 
     Read at each use, so that a hyperparameter search that sets `cskd_lambda` on the arguments takes effect.
     """

@@ -40,6 +40,7 @@ from .targets import (
     make_target_source,
     model_logits,
 )
+from .teacher import check_same_label_space, freeze_teacher, teacher_logits
 from .temperature_scaling import (
     CalibrationNotApplied,
     TemperatureOnBoundError,
@@ -65,9 +66,20 @@ class CSKDTrainer(Trainer):
     `args` may be a `CSKDConfig` or any `TrainingArguments` (kept as given; the CS-KD defaults apply).
     """
 
-    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pos: Any, **kw: Any):
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        *pos: Any,
+        teacher_model: nn.Module | None = None,
+        **kw: Any,
+    ):
         super().__init__(model, args if args is not None else CSKDConfig(output_dir="trainer_output"), *pos, **kw)
         check_single_label_classifier(self.accelerator.unwrap_model(self.model))
+        self.teacher_model: nn.Module | None = None  # frozen; never a submodule of the model (never saved, pushed)
+        if teacher_model is not None:
+            check_same_label_space(self.accelerator.unwrap_model(self.model), teacher_model)
+            self.teacher_model = freeze_teacher(teacher_model, self.args.device)
         self.add_callback(EpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
@@ -124,24 +136,38 @@ class CSKDTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         extras = self.cskd_targets.pop_inputs(inputs) if self.cskd_targets is not None else {}
-        if self.cskd_targets is None or not model.training:
+        teacher = self.teacher_model if self.cskd.teacher_kd_weight > 0 else None
+        if (self.cskd_targets is None and teacher is None) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         labels = inputs.get("labels")  # before Trainer pops it for label smoothing
+        model_inputs = dict(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         logits = model_logits(outputs)
-        targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
-        kd = class_wise_kd_loss(logits, targets, self.cskd.cskd_temperature, reduction="sum")
+        # Each extra term: (its weight, its value summed over the batch); normalized below like the model's loss.
+        extra_terms, stats = {}, {}
+        if self.cskd_targets is not None:
+            targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
+            kd = class_wise_kd_loss(logits, targets, self.cskd.cskd_temperature, reduction="sum")
+            extra_terms["cskd_loss"] = (self.cskd.cskd_lambda, kd)
+        if teacher is not None:
+            with self.accelerator.autocast():  # the student's mixed precision
+                target = teacher_logits(teacher, model_inputs)
+            kd = class_wise_kd_loss(logits, target, self.cskd.teacher_kd_temperature, reduction="sum")
+            extra_terms["teacher_kd_loss"] = (self.cskd.teacher_kd_weight, kd)
         scaled = loss_is_scaled_for_ga(
             getattr(self, "loss_is_scaled_for_ga", None),  # from transformers 5.19
             self.model_accepts_loss_kwargs, num_items_in_batch, self.compute_loss_func is not None,
         )  # fmt: skip
         by_count = scaled and self._model_normalizes_by_count(loss, logits, labels, num_items_in_batch)
         steps = self.current_gradient_accumulation_steps
-        kd = kd / kd_denominator(logits.shape[0], num_items_in_batch, scaled, by_count, steps, self._loss_scale())
-        terms = {"ce_loss": loss / (1 if scaled else steps), "cskd_loss": kd / (1 if scaled else steps)}
+        denominator = kd_denominator(logits.shape[0], num_items_in_batch, scaled, by_count, steps, self._loss_scale())
+        terms = {"ce_loss": loss / (1 if scaled else steps)}
+        for name, (weight, value) in extra_terms.items():
+            value = value / denominator
+            terms[name] = value / (1 if scaled else steps)
+            loss = loss + weight * value
         self._cskd_sums.add(self.state.global_step, terms, stats)
-        loss = loss + self.cskd.cskd_lambda * kd
         return (loss, outputs) if return_outputs else loss
 
     def _loss_scale(self) -> int:
@@ -274,7 +300,8 @@ class CSKDTrainer(Trainer):
             return
         card = training_card(
             self.accelerator.unwrap_model(self.model), self.args, self.cskd, self.state.log_history,
-            calibration=self.calibration, repo_id=self.hub_model_id if self.args.push_to_hub else None, **kwargs,
+            calibration=self.calibration, repo_id=self.hub_model_id if self.args.push_to_hub else None,
+            teacher_model=self.teacher_model, **kwargs,
         )  # fmt: skip
         card.save(os.path.join(self.args.output_dir, "README.md"))
 

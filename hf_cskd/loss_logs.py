@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import torch
 
-LOSS_TERMS = ("ce_loss", "cskd_loss")
+LOSS_TERMS = ("ce_loss", "cskd_loss", "teacher_kd_loss")
 
 
 class LossTermSums:

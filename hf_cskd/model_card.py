@@ -167,6 +167,7 @@ def build_model_card(
     library_name: str = "transformers",
     augmentation: dict[str, str] | None = None,
     head_note: str | None = None,
+    teacher: dict[str, Any] | None = None,
 ) -> ModelCard:
     """Render the card.
 
@@ -175,7 +176,8 @@ def build_model_card(
     (temperature, split, metrics before and after). Non-Hub dataset and base-model names are
     shown but never linked or put in the metadata. `library_name` "timm" adds timm's usage example;
     `augmentation` ("train"/"evaluation" -> one line each) and `head_note` (what was done to a
-    pretrained head) are stated under the training procedure.
+    pretrained head) are stated under the training procedure, as is `teacher` (`name`, `weight`, `temperature`)
+    when a teacher's distillation term was part of the loss.
     """
     task_card = TASKS[task]
     dataset_id, base_model = hub_id(dataset_id), hub_id(base_model)
@@ -235,7 +237,15 @@ def build_model_card(
         library_name=library_name,
         augmentation=augmentation or {},
         head_note=head_note,
+        teacher=teacher,
     )
+
+
+def shown_name(name: str | None) -> str | None:
+    """A model's name as a card may show it: a Hub id as it is, a local path as its folder's name only."""
+    if not name:
+        return None
+    return hub_id(name) or os.path.basename(os.path.normpath(name))
 
 
 def training_card(
@@ -260,10 +270,17 @@ def training_card(
     num_bins: int | None = None,
     augmentation: dict[str, str] | None = None,
     head_note: str | None = None,
+    teacher_model: Any = None,
 ) -> ModelCard:
     """The card of a trained model, from what a trainer knows: `Trainer.create_model_card`'s arguments plus
     `results` (a row label -> metrics; default: the latest evaluation in `log_history`). `cskd` holds the
-    `cskd_*` knobs; as in `Trainer`, `dataset` is the name shown and `dataset_tags` the Hub id(s)."""
+    `cskd_*` and `teacher_kd_*` knobs; as in `Trainer`, `dataset` is the name shown and `dataset_tags` the Hub
+    id(s). `teacher_model`: the teacher whose term was in the loss (None: no teacher term)."""
+    teacher = None
+    if teacher_model is not None and cskd.teacher_kd_weight > 0:
+        name = shown_name(getattr(getattr(teacher_model, "config", None), "_name_or_path", None))
+        teacher = {"name": name or type(teacher_model).__name__, "weight": cskd.teacher_kd_weight,
+                   "temperature": cskd.teacher_kd_temperature}  # fmt: skip
     if results is None:
         latest = latest_eval_metrics(log_history)
         results = {"CS-KD" if cskd.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}
@@ -295,4 +312,5 @@ def training_card(
         library_name="timm" if getattr(model.config, "model_type", None) == "timm_wrapper" else "transformers",
         augmentation=augmentation,
         head_note=head_note,
+        teacher=teacher,
     )

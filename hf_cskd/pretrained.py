@@ -107,3 +107,9 @@ def load_image_classifier(
     if head is not None:
         logger.warning(f"{name}: {head}.")
     return model, load_image_processor(name, **common), head
+
+
+def load_teacher(name: str, **common: Any) -> tuple[Any, Any]:
+    """A fine-tuned classifier to distill from, as it was saved (its head and classes kept), and its processor."""
+    model = AutoModelForImageClassification.from_pretrained(name, config=load_config(name, **common), **common)
+    return model, load_image_processor(name, **common)

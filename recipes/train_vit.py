@@ -31,13 +31,14 @@ from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration import calibration_metrics, make_compute_metrics, plot_reliability_diagram
 from hf_cskd.data_errors import ExampleLoadError, NamedRows
 from hf_cskd.image_transforms import (
+    InputSpec,
     describe_train_augmentation,
     eval_transform,
     input_spec,
     train_transform,
     with_input_size,
 )
-from hf_cskd.pretrained import load_image_classifier
+from hf_cskd.pretrained import load_image_classifier, load_teacher
 from hf_cskd.seeded_rows import SeededRows
 from hf_cskd.stream_pairing import StreamPairedDataset
 from hf_cskd.temperature_scaling import CalibrationNotApplied
@@ -106,6 +107,14 @@ class ModelArguments:
         metadata={
             "help": "Train and evaluate at this input side (pixels) instead of the processor's (or where the processor "
             "does not say it); the saved processor (or timm pretrained_cfg) says it, so pipeline users get it too."
+        },
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A classifier fine-tuned on the same dataset (same classes in the same order, same input size and "
+            "normalization) to distill from: adds --teacher_kd_weight x its KD term at --teacher_kd_temperature. The "
+            "teacher is frozen and is not saved with the model."
         },
     )
 
@@ -364,12 +373,26 @@ def build_model_and_processor(model_args: ModelArguments, labels: list[str]):
     )  # fmt: skip
 
 
-def method_name(training_args: CSKDConfig) -> str:
+def check_teacher_inputs(student: InputSpec, teacher: InputSpec, name: str) -> None:
+    """The teacher sees the student's pixel values: refuse a teacher that expects other ones."""
+    same = student.size == teacher.size and student.bgr == teacher.bgr
+    same = same and all(abs(a - b) < 1e-6 for a, b in zip(student.mean + student.std, teacher.mean + teacher.std))
+    if not same:
+        raise ValueError(
+            f"The teacher {name} expects {teacher.describe()}, but the student's inputs are {student.describe()}: it "
+            "would see pixels it was not trained on. Use a teacher with the student's input size and normalization "
+            "(e.g. fine-tuned by this recipe with the same --image_size from a checkpoint of the same family)."
+        )
+
+
+def method_name(training_args: CSKDConfig, teacher: bool = False) -> str:
     if training_args.cskd_lambda > 0:
-        return "CS-KD" if training_args.cskd_mode == "pairs" else "CS-KD (queue)"
-    if training_args.label_smoothing_factor > 0:
-        return f"label smoothing {training_args.label_smoothing_factor}"
-    return "cross-entropy"
+        name = "CS-KD" if training_args.cskd_mode == "pairs" else "CS-KD (queue)"
+    elif training_args.label_smoothing_factor > 0:
+        name = f"label smoothing {training_args.label_smoothing_factor}"
+    else:
+        name = "cross-entropy"
+    return f"{name} + teacher KD" if teacher and training_args.teacher_kd_weight > 0 else name
 
 
 def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -446,9 +469,16 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
         validation = NamedRows(raw["validation"].with_transform(transforms[1]), split="validation")
         test = NamedRows(raw["test"].with_transform(transforms[1]), split="test") if "test" in raw else None
 
+    teacher = None
+    if model_args.teacher_model_name_or_path is not None:
+        teacher, teacher_processor = load_teacher(
+            model_args.teacher_model_name_or_path, revision=model_args.model_revision, cache_dir=model_args.cache_dir
+        )
+        check_teacher_inputs(spec, input_spec(teacher_processor), model_args.teacher_model_name_or_path)
     trainer = CSKDTrainer(
         model=model,
         args=training_args,
+        teacher_model=teacher,
         train_dataset=train,
         eval_dataset=validation,
         processing_class=processor,
@@ -463,7 +493,7 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     report_split, report_data = ("test", test) if test is not None else ("validation", validation)
     if report_split == "validation" and data_args.calibrate:
         logger.warning("No test split: metrics after temperature scaling are measured on the split it was fitted on.")
-    method = method_name(training_args)
+    method = method_name(training_args, teacher is not None)
     prediction = trainer.predict(report_data, metric_key_prefix=report_split)
     results = {method: strip_prefix(prediction.metrics, report_split)}
     final, final_logits = prediction.metrics, prediction.predictions

@@ -1,0 +1,64 @@
+"""A teacher beside CS-KD: Hinton's knowledge distillation from a frozen, larger or better-trained classifier.
+
+The term is the same function as CS-KD's (`losses.class_wise_kd_loss`), with the teacher's logits
+as the constant target: `T_t² · KL(softmax(teacher/T_t) ‖ softmax(student/T_t))`, batch mean. The
+teacher only ever predicts: eval mode, no gradient, never a submodule of the student (so never in
+its checkpoints or pushes), on the student's device and under the student's mixed precision.
+"""
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def label_names(model: nn.Module) -> list[str]:
+    """The class names of a classifier, in output order (`config.id2label`; `LABEL_i` where none are given)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "num_labels", None) is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `config.num_labels`: the teacher's and the student's label spaces cannot "
+            "be compared. Use transformers classifiers (or give the model a config with `id2label`)."
+        )
+    names = getattr(config, "id2label", None) or {}
+    return [str(names.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+
+
+def check_same_label_space(student: nn.Module, teacher: nn.Module) -> None:
+    """Refuse a teacher whose outputs are not the student's classes in the student's order: its KL term would
+    teach the wrong class at every position."""
+    mine, theirs = label_names(student), label_names(teacher)
+    if mine == theirs:
+        return
+    if len(mine) != len(theirs):
+        raise ValueError(
+            f"The teacher predicts {len(theirs)} classes and the student {len(mine)}: distillation needs the same "
+            "label space. Fine-tune the teacher on the student's dataset first (the recipe with --cskd_lambda 0)."
+        )
+    if sorted(mine) == sorted(theirs):
+        raise ValueError(
+            "The teacher predicts the student's classes in another order (teacher: "
+            f"{theirs[:5]}{'...' if len(theirs) > 5 else ''}; student: {mine[:5]}{'...' if len(mine) > 5 else ''}). "
+            "Train both with the same dataset's label order (id2label), or reorder the teacher's head."
+        )
+    differ = [(i, theirs[i], mine[i]) for i in range(len(mine)) if mine[i] != theirs[i]][:3]
+    raise ValueError(
+        "The teacher's classes are not the student's (index, teacher, student: "
+        f"{', '.join(map(str, differ))}). Fine-tune the teacher on the student's dataset first."
+    )
+
+
+def freeze_teacher(teacher: nn.Module, device: torch.device | str) -> nn.Module:
+    """The teacher in eval mode, without gradients, on `device` (its dtype as loaded)."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher.to(device)
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """The teacher's logits for a batch of model inputs (labels left out: the teacher computes no loss)."""
+    teacher.eval()  # a trainer may have switched every module it knows of back to train mode
+    outputs = teacher(**{k: v for k, v in inputs.items() if k not in ("labels", "label")})
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    return logits.detach()
