@@ -78,6 +78,29 @@ class CSKDConfig(TrainingArguments):
         metadata={"help": "Softmax temperature T_t of the teacher term (both sides). Must be > 0."},
     )
 
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "Mixup: mix each training batch's images with a shuffled copy, λ ~ Beta(α, α) (folded to >= 0.5), "
+            "labels and CS-KD targets mixed alike (hf_cskd.mixing). 0 (the default) turns it off; 0.2-0.4 is usual "
+            "for fine-tuning, 1.0 in the Mixup paper's CIFAR runs. Needs 4-D `pixel_values`."
+        },
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "CutMix: paste a box of a shuffled copy into each image, λ ~ Beta(α, α) = the share of the image "
+            "kept. 0 (the default) turns it off; 1.0 is CutMix's own default."
+        },
+    )
+    mixup_switch_prob: float = field(
+        default=0.5,
+        metadata={"help": "With both mixup_alpha and cutmix_alpha > 0: the probability that a batch uses CutMix."},
+    )
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "The probability that a training batch is mixed at all (Mixup or CutMix)."}
+    )
+
     def __post_init__(self):
         if self.cskd_mode not in CSKD_MODES:
             raise ValueError(
@@ -118,6 +141,12 @@ class CSKDConfig(TrainingArguments):
                 f"teacher_kd_weight must be >= 0, got {self.teacher_kd_weight}. Use 0 to train without the teacher's "
                 "term, 1 (the default) to weigh it as the cross-entropy."
             )
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}.")
+        for name in ("mixup_switch_prob", "mixup_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability: it must be in [0, 1], got {getattr(self, name)}.")
         super().__post_init__()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -132,11 +161,13 @@ class CSKDConfig(TrainingArguments):
         return clone
 
 
-CSKD_DEFAULTS = {f.name: f.default for f in fields(CSKDConfig) if f.name.startswith(("cskd_", "teacher_kd_"))}
+CSKD_DEFAULTS = {
+    f.name: f.default for f in fields(CSKDConfig) if f.name.startswith(("cskd_", "teacher_kd_", "mixup_", "cutmix_"))
+}
 
 
 def cskd_settings(args: TrainingArguments) -> SimpleNamespace:
-    """The CS-KD (and teacher) knobs of any training arguments: a `CSKDConfig`'s own, the defaults for plain
+    """The CS-KD (teacher, mixing) knobs of any training arguments: a `CSKDConfig`'s own, the defaults for plain
     `TrainingArguments`.
 
     Read at each use, so that a hyperparameter search that sets `cskd_lambda` on the arguments takes effect.

@@ -17,7 +17,9 @@ import json
 import os
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
@@ -31,9 +33,11 @@ from .grad_accumulation import kd_denominator, loss_is_scaled_for_ga, normalizes
 from .hub import hub_permission_error, upload_or_explain, write_hub_gitignore
 from .loss_logs import LossTermSums
 from .losses import class_wise_kd_loss
+from .mixing import Mix, mix_pixels, mixed_target_logits, sample_mix
 from .model_card import training_card
 from .pairing import ClassPairedDataset
 from .targets import (
+    HAS_TARGET,
     EpochCallback,
     ExampleIdDataset,
     check_single_label_classifier,
@@ -62,6 +66,10 @@ class CSKDTrainer(Trainer):
     a `ClassPairedDataset`), or drawn from a queue of recent predictions (`"queue"`). The target
     source (`targets.py`) prepares the data; the collator is wrapped in a `DataCollatorForClassPairs`.
     Evaluation and prediction are plain `Trainer`.
+
+    Two of the paper's combinations are built in: `teacher_model=` adds Hinton's distillation from a
+    frozen teacher (`teacher.py`, weight `teacher_kd_weight`), and `mixup_alpha` / `cutmix_alpha` mix
+    the training images, their labels and their CS-KD targets with one λ per batch (`mixing.py`).
 
     `args` may be a `CSKDConfig` or any `TrainingArguments` (kept as given; the CS-KD defaults apply).
     """
@@ -102,6 +110,7 @@ class CSKDTrainer(Trainer):
         if self.cskd_targets is not None:
             self.cskd_targets.reset()
         self._cskd_sums = LossTermSums()
+        self._mix_calls = (-1, 0)  # (global step, micro-batch index) of the last mixed batch
         self._normalizes_by_count: bool | None = None  # found out at a training step
 
     # ---- data -------------------------------------------------------------------------------
@@ -137,24 +146,14 @@ class CSKDTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         extras = self.cskd_targets.pop_inputs(inputs) if self.cskd_targets is not None else {}
         teacher = self.teacher_model if self.cskd.teacher_kd_weight > 0 else None
-        if (self.cskd_targets is None and teacher is None) or not model.training:
+        labels = inputs.get("labels")  # before Trainer pops it for label smoothing
+        mix = self._mix_batch(inputs, labels) if model.training else None  # the model and the teacher see it mixed
+        if (self.cskd_targets is None and teacher is None and mix is None) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        labels = inputs.get("labels")  # before Trainer pops it for label smoothing
         model_inputs = dict(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         logits = model_logits(outputs)
-        # Each extra term: (its weight, its value summed over the batch); normalized below like the model's loss.
-        extra_terms, stats = {}, {}
-        if self.cskd_targets is not None:
-            targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
-            kd = class_wise_kd_loss(logits, targets, self.cskd.cskd_temperature, reduction="sum")
-            extra_terms["cskd_loss"] = (self.cskd.cskd_lambda, kd)
-        if teacher is not None:
-            with self.accelerator.autocast():  # the student's mixed precision
-                target = teacher_logits(teacher, model_inputs)
-            kd = class_wise_kd_loss(logits, target, self.cskd.teacher_kd_temperature, reduction="sum")
-            extra_terms["teacher_kd_loss"] = (self.cskd.teacher_kd_weight, kd)
         scaled = loss_is_scaled_for_ga(
             getattr(self, "loss_is_scaled_for_ga", None),  # from transformers 5.19
             self.model_accepts_loss_kwargs, num_items_in_batch, self.compute_loss_func is not None,
@@ -162,6 +161,23 @@ class CSKDTrainer(Trainer):
         by_count = scaled and self._model_normalizes_by_count(loss, logits, labels, num_items_in_batch)
         steps = self.current_gradient_accumulation_steps
         denominator = kd_denominator(logits.shape[0], num_items_in_batch, scaled, by_count, steps, self._loss_scale())
+        if mix is not None:  # the model's loss is its own label's share; add the partner's, normalized alike
+            partner = F.cross_entropy(logits.float(), labels[mix.perm.to(labels.device)], reduction="sum",
+                                      label_smoothing=self.args.label_smoothing_factor)  # fmt: skip
+            loss = mix.lam * loss + (1.0 - mix.lam) * partner / denominator
+        # Each extra term: (its weight, its value summed over the batch), normalized like the model's loss.
+        extra_terms, stats = {}, {}
+        if self.cskd_targets is not None:
+            targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
+            if mix is not None:  # the λ-mix of the two classes' targets (hf_cskd.mixing)
+                targets = mixed_target_logits(targets, mix, self.cskd.cskd_temperature, stats.get(HAS_TARGET))
+            kd = class_wise_kd_loss(logits, targets, self.cskd.cskd_temperature, reduction="sum")
+            extra_terms["cskd_loss"] = (self.cskd.cskd_lambda, kd)
+        if teacher is not None:
+            with self.accelerator.autocast():  # the student's mixed precision
+                target = teacher_logits(teacher, model_inputs)
+            kd = class_wise_kd_loss(logits, target, self.cskd.teacher_kd_temperature, reduction="sum")
+            extra_terms["teacher_kd_loss"] = (self.cskd.teacher_kd_weight, kd)
         terms = {"ce_loss": loss / (1 if scaled else steps)}
         for name, (weight, value) in extra_terms.items():
             value = value / denominator
@@ -169,6 +185,30 @@ class CSKDTrainer(Trainer):
             loss = loss + weight * value
         self._cskd_sums.add(self.state.global_step, terms, stats)
         return (loss, outputs) if return_outputs else loss
+
+    def _mix_batch(self, inputs: dict[str, Any], labels: Any) -> Mix | None:
+        """Mix this micro-batch's images in place in `inputs` (Mixup/CutMix, `hf_cskd.mixing`), or None. The draw is
+        a function of (seed, step, micro-batch, process): a resumed run mixes exactly as the uninterrupted one."""
+        settings = self.cskd
+        if settings.mixup_alpha <= 0 and settings.cutmix_alpha <= 0:
+            return None
+        pixels = inputs.get("pixel_values")
+        if not torch.is_tensor(pixels) or pixels.ndim != 4 or labels is None or labels.ndim != 1:
+            raise ValueError(
+                "mixup_alpha / cutmix_alpha mix images: they need 4-D `pixel_values` and one class index per example "
+                f"under `labels` (this batch has {sorted(inputs)}). Set both to 0 for other inputs."
+            )
+        step = self.state.global_step
+        micro = self._mix_calls[1] + 1 if self._mix_calls[0] == step else 0
+        self._mix_calls = (step, micro)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        rng = np.random.default_rng([seed, step, micro, self.accelerator.process_index])
+        height, width = pixels.shape[-2:]
+        mix = sample_mix(len(pixels), height, width, settings.mixup_alpha, settings.cutmix_alpha,
+                         settings.mixup_switch_prob, settings.mixup_prob, rng)  # fmt: skip
+        if mix is not None:
+            inputs["pixel_values"] = mix_pixels(pixels, mix)
+        return mix
 
     def _loss_scale(self) -> int:
         """What `Trainer.compute_loss` multiplies the loss by under `average_tokens_across_devices`."""

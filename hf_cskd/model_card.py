@@ -168,6 +168,7 @@ def build_model_card(
     augmentation: dict[str, str] | None = None,
     head_note: str | None = None,
     teacher: dict[str, Any] | None = None,
+    mixing: dict[str, float] | None = None,
 ) -> ModelCard:
     """Render the card.
 
@@ -176,8 +177,9 @@ def build_model_card(
     (temperature, split, metrics before and after). Non-Hub dataset and base-model names are
     shown but never linked or put in the metadata. `library_name` "timm" adds timm's usage example;
     `augmentation` ("train"/"evaluation" -> one line each) and `head_note` (what was done to a
-    pretrained head) are stated under the training procedure, as is `teacher` (`name`, `weight`, `temperature`)
-    when a teacher's distillation term was part of the loss.
+    pretrained head) are stated under the training procedure, as are `teacher` (`name`, `weight`, `temperature`)
+    when a teacher's distillation term was part of the loss and `mixing` (`mixup_alpha`, `cutmix_alpha`,
+    `switch_prob`, `prob`) when training batches were mixed.
     """
     task_card = TASKS[task]
     dataset_id, base_model = hub_id(dataset_id), hub_id(base_model)
@@ -238,6 +240,7 @@ def build_model_card(
         augmentation=augmentation or {},
         head_note=head_note,
         teacher=teacher,
+        mixing=mixing,
     )
 
 
@@ -281,6 +284,10 @@ def training_card(
         name = shown_name(getattr(getattr(teacher_model, "config", None), "_name_or_path", None))
         teacher = {"name": name or type(teacher_model).__name__, "weight": cskd.teacher_kd_weight,
                    "temperature": cskd.teacher_kd_temperature}  # fmt: skip
+    mixing = None
+    if cskd.mixup_alpha > 0 or cskd.cutmix_alpha > 0:
+        mixing = {"mixup_alpha": cskd.mixup_alpha, "cutmix_alpha": cskd.cutmix_alpha,
+                  "switch_prob": cskd.mixup_switch_prob, "prob": cskd.mixup_prob}  # fmt: skip
     if results is None:
         latest = latest_eval_metrics(log_history)
         results = {"CS-KD" if cskd.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}
@@ -313,4 +320,5 @@ def training_card(
         augmentation=augmentation,
         head_note=head_note,
         teacher=teacher,
+        mixing=mixing,
     )

@@ -31,6 +31,10 @@ from .stream_pairing import StreamPairedDataset
 logger = logging.get_logger(__name__)
 
 
+HAS_TARGET = "cskd_queue_hit"
+"""The statistic holding, per anchor, whether the source had a target for it (logged as the share that had one)."""
+
+
 def model_logits(outputs: Any) -> torch.Tensor:
     """The logits of a model output (a `ModelOutput`/dict, or a tuple whose first entry is the loss or logits)."""
     if isinstance(outputs, dict):
@@ -76,7 +80,9 @@ class TargetSource(ABC):
     def targets(
         self, model: torch.nn.Module, extras: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Target logits for the anchors' `logits` (constants), and per-step statistics to log."""
+        """Target logits for the anchors' `logits` (constants), and per-step statistics to log (tensors, logged as
+        their mean). A source that has no target for some anchors gives them their own logits (a KD term of 0)
+        and marks which rows have one under `HAS_TARGET`."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold to resume exactly (nothing for pairs: they are a pure function)."""
@@ -245,7 +251,7 @@ class QueueTargets(TargetSource):
         targets, found = self.queue.draw_and_push(all_logits, all_rows[:, 0], all_rows[:, 1])
         # Rows without a target get their own logits (a KD term of exactly 0): in this process's
         # rows, those are the local logits, equal to the gathered ones.
-        return targets[mine], {"cskd_queue_hit": found[mine].float().mean()}
+        return targets[mine], {HAS_TARGET: found[mine]}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.queue.state_dict()

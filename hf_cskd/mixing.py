@@ -1,0 +1,97 @@
+"""Mixup and CutMix on the anchors of a batch, and what they mean for the CS-KD target.
+
+A mixed batch is `x̃_i = λ·x_i + (1−λ)·x_{p(i)}` (Mixup) or `x_i` with a box of `x_{p(i)}` pasted in
+(CutMix, λ = the share of `x_i`'s pixels), one λ and one permutation `p` per batch, as in timm's
+batch mode. Its label is `λ·y_i + (1−λ)·y_{p(i)}`. λ is folded to ≥ 0.5: each mixed image is
+mostly its own row's example (the same Mixup distribution, since `p` and its inverse are equally
+likely; CutMix then always pastes the smaller part). So each anchor's dominant class is its own
+label, which is what the queue files its prediction under.
+
+CS-KD's target for an anchor of class c is a prediction for another example of class c; the mixed
+anchor's target is the same mix of its two classes' targets, `λ·softmax(t_i/T) + (1−λ)·
+softmax(t_{p(i)}/T)`, where `t_{p(i)}` is the target drawn for the partner (an example of class
+`y_{p(i)}`). This is Mixup's label mixing applied to CS-KD's soft labels; at λ = 1 it is CS-KD. In queue
+mode an anchor whose class or whose partner's class has no queued prediction yet keeps its unmixed
+target for that step; the mixed anchors' logits enter the queue under their own (dominant) label. The
+CS-KD paper (section 4, compatibility with Mixup) reports the combination but does not say how the
+pair term treats a mixed anchor, and the official code (alinlab/cs-kd `train.py`) has no Mixup.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One batch's mixing: the share `lam` of each row's own example, the partner of each row, and the CutMix box
+    (top, left, height, width) or None for Mixup."""
+
+    lam: float
+    perm: torch.Tensor
+    box: tuple[int, int, int, int] | None = None
+
+
+def sample_mix(
+    batch_size: int,
+    height: int,
+    width: int,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float,
+    prob: float,
+    rng: np.random.Generator,
+) -> Mix | None:
+    """Draw one batch's mixing (None: this batch is not mixed). With both alphas > 0, CutMix is chosen with
+    probability `switch_prob`. CutMix's λ is the exact share of unpasted pixels once the box is clipped."""
+    if (mixup_alpha <= 0 and cutmix_alpha <= 0) or batch_size < 2 or rng.random() >= prob:
+        return None
+    cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if cutmix else rng.beta(mixup_alpha, mixup_alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(batch_size))
+    if not cutmix:
+        return Mix(lam, perm)
+    ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
+    left, right = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
+    box = (int(top), int(left), int(bottom - top), int(right - left))
+    return Mix(1.0 - box[2] * box[3] / (height * width), perm, box)
+
+
+def mix_pixels(pixel_values: torch.Tensor, mix: Mix) -> torch.Tensor:
+    """The mixed images (a new tensor; the batch's own is left as it is)."""
+    partner = pixel_values[mix.perm.to(pixel_values.device)]
+    if mix.box is None:
+        return mix.lam * pixel_values + (1.0 - mix.lam) * partner
+    top, left, height, width = mix.box
+    mixed = pixel_values.clone()
+    mixed[..., top : top + height, left : left + width] = partner[..., top : top + height, left : left + width]
+    return mixed
+
+
+def mixed_target_logits(
+    targets: torch.Tensor, mix: Mix, temperature: float, has_target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits whose softmax at `temperature` is `λ·softmax(t_i/T) + (1−λ)·softmax(t_{p(i)}/T)`: T·log of that
+    mixture (a distribution sums to 1, so its log is its own log-softmax), for the unchanged KD function.
+
+    `has_target` (per row, from a queue still filling up) marks rows whose `targets` are real targets; the others
+    hold the anchor's own logits. A row that lacks its own or its partner's target keeps `targets[i]` as it is:
+    its KD term is what it would be unmixed (0 where it had no target)."""
+    targets = targets.detach().float()
+    perm = mix.perm.to(targets.device)
+    log_own = torch.log_softmax(targets / temperature, dim=-1) + math.log(mix.lam)
+    if mix.lam >= 1.0:
+        mixed = temperature * log_own
+    else:
+        log_partner = torch.log_softmax(targets[perm] / temperature, dim=-1) + math.log(1.0 - mix.lam)
+        mixed = temperature * torch.logaddexp(log_own, log_partner)
+    if has_target is None:
+        return mixed
+    both = (has_target & has_target[perm.to(has_target.device)]).to(targets.device)
+    return torch.where(both[:, None], mixed, targets)
