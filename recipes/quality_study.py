@@ -19,6 +19,13 @@ Regimes (`--regime`):
   `--pretrained` does not exist) with 10 or 30 images per class, through the user's own path:
   `recipes/train_vit.py --model_name_or_path CHECKPOINT --ignore_mismatched_sizes`, which fits
   the temperature on its validation split (15 % of the train split, stratified, new per seed).
+- `fmnist-lite0-10`, `fmnist-lite0-100` (the real regimes): EfficientNet-Lite0 with ImageNet weights
+  fine-tuned on Fashion-MNIST photos (10 or 100 per class; 50 per class for validation, both new per
+  seed; the whole 10,000-image test split) at 64 px through `recipes/train_vit.py`. Needs the
+  converted checkpoint and data (`recipes/data/efficientnet_lite0.py`, `recipes/data/fashion_mnist.py`)
+  and timm (`pip install 'hf-cskd[timm]'`). `--combinations` adds Mixup, Mixup + CS-KD queue, teacher
+  KD and teacher KD + CS-KD queue, the teacher being the checkpoint fine-tuned with cross-entropy for
+  2x the epochs on each seed's split.
 
 Arms: cross-entropy, label smoothing 0.1, CS-KD in paper mode (pairs) and in queue mode, and the
 two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal compute); the
@@ -33,6 +40,10 @@ run of a model also pretrains it: ~9 min ResNet, ~12 min ViT):
     python recipes/quality_study.py --regime finetune-vit-10      # ~5 min
     python recipes/quality_study.py --regime finetune-resnet-30   # ~14 min
     python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
+    python recipes/quality_study.py --regime fmnist-lite0-10      # ~40 min (timm environment)
+    python recipes/quality_study.py --regime fmnist-lite0-100     # ~60 min
+    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations --arms cross-entropy 'CS-KD queue' \
+        Mixup 'Mixup + CS-KD queue' 'teacher KD' 'teacher KD + CS-KD queue'   # reuses the finished arms' runs
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
 """
 
@@ -49,6 +60,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,6 +95,15 @@ ARMS = {  # name -> settings; "epochs" multiplies --epochs
 BASELINE = "cross-entropy"
 SENSITIVITY = [(1.0, 1.0), (1.0, 8.0), (0.5, 4.0), (2.0, 4.0)]  # (λ, T) besides the main arms' (1, 4)
 FROM_SCRATCH = "cross-entropy, no pretraining"  # fine-tuning regimes only: what the pretraining is worth
+# The paper's compatibility claims (--combinations, real regimes): each combination against each method alone.
+MIXUP_ALPHA = 0.4  # a common fine-tuning value (timm's recipes use 0.1-0.8)
+TEACHER_EPOCHS = 2.0  # the teacher: the same checkpoint fine-tuned with cross-entropy for 2x the epochs, same split
+COMBINATIONS = {
+    "Mixup": {"lambda": 0.0, "mixup_alpha": MIXUP_ALPHA},
+    "Mixup + CS-KD queue": {"lambda": 1.0, "mode": "queue", "mixup_alpha": MIXUP_ALPHA},
+    "teacher KD": {"lambda": 0.0, "teacher": True},
+    "teacher KD + CS-KD queue": {"lambda": 1.0, "mode": "queue", "teacher": True},
+}
 
 
 @dataclass(frozen=True)
@@ -228,8 +249,9 @@ def run_scratch(job: dict) -> dict:
     }
 
 
-def run_finetune(job: dict) -> dict:
-    """One arm through the user's path: `recipes/train_vit.py` on the checkpoint, calibrated on its validation split."""
+def run_finetune(job: dict, keep: Path | None = None) -> dict:
+    """One arm through the user's path: `recipes/train_vit.py` on the checkpoint, calibrated on its validation split
+    (`keep`: save the model there, uncalibrated: a teacher)."""
     import train_vit  # a sibling script: the script's folder is on sys.path (also in spawned workers)
 
     regime = REGIMES[job["regime"]]
@@ -251,7 +273,13 @@ def run_finetune(job: dict) -> dict:
         else:  # the embedded digits; the recipe holds out 15 % of the train split for validation
             data_args = ["--max_train_samples_per_class", str(job["per_class"])]
             test_file, lr = DIGITS / "test.parquet", FINETUNE_LR
-        output_dir = Path(tmp) / "run"
+        if job.get("mixup_alpha"):
+            data_args += ["--mixup_alpha", str(job["mixup_alpha"])]
+        if job.get("teacher"):
+            data_args += ["--teacher_model_name_or_path", teacher_folder(job)]
+        output_dir = Path(tmp) / "run" if keep is None else keep
+        if keep is not None:
+            data_args += ["--no_calibrate"]
         with contextlib.redirect_stdout(io.StringIO()):  # the recipe's tables: the study prints its own line per run
             trainer = train_vit.main([
                 "--model_name_or_path", checkpoint, "--ignore_mismatched_sizes", "--output_dir", str(output_dir),
@@ -278,6 +306,24 @@ def run_finetune(job: dict) -> dict:
         "test_examples": examples,
         "intra_class": intra,
     }
+
+
+def teacher_folder(job: dict) -> str:
+    """Where the seed's teacher is kept (trained by `train_teacher` before the arms that use it)."""
+    name = f"{job['regime']}-seed{job['seed']}-{job['per_class']}pc-{job['image_size']}px-{job['epochs_1x']}ep"
+    return str(Path(job["teachers"]) / name)
+
+
+def train_teacher(job: dict) -> dict:
+    """The seed's teacher: cross-entropy for TEACHER_EPOCHS x the epochs on the seed's split, through the recipe;
+    its test metrics are returned for the report. Kept on disk: a resumed study reuses it."""
+    folder = Path(teacher_folder(job))
+    if not (folder / "test_results.json").is_file():
+        teacher_job = {**job, "method": "cross-entropy", "lambda": 0.0, "label_smoothing": 0.0, "mode": "pairs",
+                       "epochs": round(job["epochs_1x"] * TEACHER_EPOCHS, 2), "teacher": False, "mixup_alpha": 0.0}  # fmt: skip
+        run_finetune(teacher_job, keep=folder)
+    test = json.loads((folder / "test_results.json").read_text())
+    return {"seed": job["seed"], "error": 1 - test.get("test_raw_accuracy", test["test_accuracy"])}
 
 
 def test_examples(test_file: Path) -> int:
@@ -327,14 +373,18 @@ def make_jobs(args: argparse.Namespace) -> list[dict]:
     if regime.pretrained == REAL:
         common = {**common, "pretrained": args.pretrained, "data": args.fashion_mnist,
                   "test_per_class": args.test_per_class, "image_size": args.image_size}  # fmt: skip
+        if args.combinations:
+            common = {**common, "teachers": args.teachers, "epochs_1x": args.epochs}
+            arms.update(COMBINATIONS)
     elif regime.pretrained:  # the recipe holds out its own validation split
         common = {**common, "val_per_class": None, "pretrained": args.pretrained}
         arms[FROM_SCRATCH] = {"lambda": 0.0}
 
     def job(group: str, method: str, seed: int, lam: float, temperature: float = 4.0, label_smoothing: float = 0.0,
-            mode: str = "pairs", epochs: float = 1.0) -> dict:  # fmt: skip
+            mode: str = "pairs", epochs: float = 1.0, **combination: Any) -> dict:  # fmt: skip
         return {**common, "group": group, "method": method, "seed": seed, "lambda": lam, "temperature": temperature,
-                "label_smoothing": label_smoothing, "mode": mode, "epochs": round(args.epochs * epochs, 2)}  # fmt: skip
+                "label_smoothing": label_smoothing, "mode": mode, "epochs": round(args.epochs * epochs, 2),
+                **combination}  # fmt: skip
 
     unknown = set(args.arms or ()) - set(arms)
     if unknown:
@@ -434,7 +484,7 @@ def setup_text(args: argparse.Namespace) -> str:
 
 def report(results: list[dict], args: argparse.Namespace, command: str, minutes: float) -> str:
     main = [r for r in results if r["group"] == "main"]
-    names = [*ARMS, FROM_SCRATCH]
+    names = [*ARMS, FROM_SCRATCH, *COMBINATIONS]
     by_arm = {name: sorted((r for r in main if r["method"] == name), key=lambda r: r["seed"]) for name in names}
     by_arm = {name: runs for name, runs in by_arm.items() if runs}
     seeds = max((len(runs) for runs in by_arm.values()), default=0)
@@ -472,6 +522,7 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
             share = f"{gains[1] / gains[0]:.2f}" if gains[0] > 0 else "n/a (paper mode did not gain)"
             lines.append(f"- {what}: paper gain {gains[0] * (100 if label == 'raw' else 1):.3f}, queue gain "
                          f"{gains[1] * (100 if label == 'raw' else 1):.3f}, share {share}")  # fmt: skip
+    lines += combinations_report(by_arm)
     if BASELINE in by_arm:
         base = {r["seed"]: r["train_seconds"] for r in by_arm[BASELINE]}
         ratios = {name: [r["train_seconds"] / base[r["seed"]] for r in runs if r["seed"] in base]
@@ -498,6 +549,37 @@ def report(results: list[dict], args: argparse.Namespace, command: str, minutes:
             cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
             lines.append(f"| {mode} | {lam} | {temperature} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+COMBINED = {  # a combination -> the methods alone it must beat (the paper's claim)
+    "Mixup + CS-KD queue": ("Mixup", "CS-KD queue"),
+    "teacher KD + CS-KD queue": ("teacher KD", "CS-KD queue"),
+}
+
+
+def combinations_report(by_arm: dict[str, list[dict]]) -> list[str]:
+    """Does each combination beat each method alone? Paired differences on the same seeds; and the teachers' error."""
+    rows = [(combined, alone) for combined, methods in COMBINED.items() for alone in methods
+            if combined in by_arm and alone in by_arm]  # fmt: skip
+    if not rows:
+        return []
+    lines = table_head("### Each combination against each method alone (same seed): mean ± standard error, and "
+                       "seeds where the combination is lower", ["combination", "against", *METRICS])  # fmt: skip
+    for combined, alone in rows:
+        cells = [paired(by_arm[combined], by_arm[alone], *metric) for metric in METRICS.values()]
+        lines.append(f"| {combined} | {alone} | " + " | ".join(cells) + " |")
+    teacher_runs = {r["seed"]: r for name in ("teacher KD", "teacher KD + CS-KD queue") for r in by_arm.get(name, [])}
+    errors = []
+    for seed, run in sorted(teacher_runs.items()):
+        results = Path(teacher_folder(run)) / "test_results.json"
+        if results.is_file():
+            errors.append((seed, 1 - json.loads(results.read_text())["test_accuracy"]))
+    if errors:
+        lines += ["", f"Teachers: the same checkpoint fine-tuned with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on "
+                  f"each seed's split (uncalibrated); test error {mean_std([e for _, e in errors], 100)} % (seeds "
+                  + ", ".join(f"{seed}: {100 * e:.2f}" for seed, e in errors) + f"). Mixup α = {MIXUP_ALPHA}; teacher "
+                  "KD weight 1, T_t = 4."]  # fmt: skip
+    return lines
 
 
 def pooled_report(prefix: str, results: list[dict], command: str) -> str:
@@ -576,6 +658,10 @@ def main() -> None:
                         "error)")  # fmt: skip
     parser.add_argument("--image_size", type=int, default=64, help="real regimes: the input size (--image_size of the "
                         "recipe)")  # fmt: skip
+    parser.add_argument("--combinations", action="store_true", help="real regimes: add the paper's combinations "
+                        f"({', '.join(COMBINATIONS)}; Mixup α = {MIXUP_ALPHA}, the teacher = the checkpoint fine-tuned "
+                        f"with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
+    parser.add_argument("--teachers", default="outputs/teachers", help="--combinations: where the teachers are kept")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these main arms (e.g. to measure another "
                         "--image_size on one seed: --arms cross-entropy 'CS-KD queue')")  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -620,6 +706,12 @@ def main() -> None:
     todo = [job for job in jobs if job_key(job) not in finished]
     print(f"{len(jobs)} runs: {len(results)} already in {results_path}, {len(todo)} to go")
     start = time.perf_counter()
+    teacher_jobs = list({job["seed"]: job for job in todo if job.get("teacher")}.values())
+    if teacher_jobs:  # before the arms that distill from them (two arms of one seed must not train it twice)
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            progress = tqdm(pool.imap_unordered(train_teacher, teacher_jobs), total=len(teacher_jobs), desc="teachers")
+            for teacher in progress:
+                progress.write(f"teacher seed {teacher['seed']}: error {100 * teacher['error']:.2f}%")
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool, results_path.open("a") as log:
         progress = tqdm(pool.imap_unordered(run, todo), total=len(todo), desc=args.regime, unit="run")
         for result in progress:  # tqdm's estimate of the remaining time is the study's

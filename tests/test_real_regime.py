@@ -105,3 +105,33 @@ def test_real_regime_says_how_to_get_missing_weights_and_data(tmp_path, fashion_
     args = argparse.Namespace(pretrained=str(tiny_checkpoint(tmp_path / "ckpt", "vit")), fashion_mnist=str(tmp_path))
     with pytest.raises(SystemExit, match="apt-get install dataset-fashion-mnist"):
         quality_study.check_real_inputs(args)
+
+
+def test_combination_arms_train_a_teacher_per_seed_and_compare_each_with_each_method_alone(
+    tmp_path, fashion_mnist_stand_in
+):
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt", "vit")
+    results, output, teachers = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md", tmp_path / "teachers"
+    arms = ["cross-entropy", "CS-KD queue", *quality_study.COMBINATIONS]
+    command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", "fmnist-lite0-100", "--seeds",
+               "2", "--per_class", "2", "--val_per_class", "2", "--test_per_class", str(TEST_PER_CLASS), "--epochs",
+               "1", "--image_size", "32", "--workers", "2", "--pretrained", str(checkpoint), "--fashion_mnist",
+               str(fashion_mnist_stand_in), "--results", str(results), "--output", str(output), "--combinations",
+               "--teachers", str(teachers), "--arms", *arms]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["method"] for r in runs) == sorted(arms * 2)
+    assert {r["method"] for r in runs if r.get("mixup_alpha")} == {"Mixup", "Mixup + CS-KD queue"}
+    assert {r["method"] for r in runs if r.get("teacher")} == {"teacher KD", "teacher KD + CS-KD queue"}
+    folders = sorted(p.name for p in teachers.iterdir())
+    assert len(folders) == 2 and all((teachers / f / "model.safetensors").is_file() for f in folders)  # one per seed
+    teacher_args = json.loads((teachers / folders[0] / "training_args.json").read_text())
+    assert teacher_args["num_train_epochs"] == 2 * 1 and teacher_args["cskd_lambda"] == 0  # CE, 2x the epochs
+    assert not (teachers / folders[0] / "calibration.json").is_file()  # the teacher is left uncalibrated
+    text = output.read_text()
+    assert "### Each combination against each method alone" in text and "Teachers: the same checkpoint" in text
+    for combined, alone in (("Mixup + CS-KD queue", "Mixup"), ("teacher KD + CS-KD queue", "CS-KD queue")):
+        assert f"| {combined} | {alone} | " in text
