@@ -3,7 +3,7 @@
 For each, a tiny random config and its default image processor are saved to a folder, which goes
 through `recipes/train_vit.py --model_name_or_path <folder> --ignore_mismatched_sizes` for two
 steps in both CS-KD modes; the checkpoint is calibrated, gets a card, and `pipeline` reloads it
-with the probabilities of the trained model. Exclusions are listed with their reason
+with the probabilities of the trained model; `hf_cskd.intra_class` reads its penultimate features. Exclusions are listed with their reason
 (`tiny_image_classifiers.EXCLUDED`, README "Architectures").
 """
 
@@ -21,6 +21,7 @@ from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPI
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from hf_cskd.image_transforms import eval_transform, input_spec, train_transform, with_input_size
+from hf_cskd.intra_class import penultimate_features
 from hf_cskd.temperature_scaling import bake_temperature
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -99,3 +100,7 @@ def test_architecture_through_the_main_job(model_type, tmp_path):
     with torch.no_grad():
         bake_temperature(model, 2.0, example_inputs=dict(inputs))  # raises if the logits are not divided by 2
         torch.testing.assert_close(model(**inputs).logits, logits / 2, rtol=1e-4, atol=1e-5)
+    # The intra-class measure reads what the head receives: one feature row per image, for every architecture.
+    features, labels = penultimate_features(model, [{**inputs, "labels": torch.arange(len(images))}])
+    assert features.ndim == 2 and features.shape[0] == len(images) and np.isfinite(features).all()
+    assert labels.tolist() == list(range(len(images)))
