@@ -17,7 +17,6 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import HfApi
@@ -33,7 +32,7 @@ from .grad_accumulation import kd_denominator, loss_is_scaled_for_ga, normalizes
 from .hub import hub_permission_error, upload_or_explain, write_hub_gitignore
 from .loss_logs import LossTermSums
 from .losses import class_wise_kd_loss
-from .mixing import Mix, mix_pixels, mixed_target_logits, sample_mix
+from .mixing import BatchMixer, mixed_target_logits
 from .model_card import training_card
 from .pairing import ClassPairedDataset
 from .targets import (
@@ -110,7 +109,7 @@ class CSKDTrainer(Trainer):
         if self.cskd_targets is not None:
             self.cskd_targets.reset()
         self._cskd_sums = LossTermSums()
-        self._mix_calls = (-1, 0)  # (global step, micro-batch index) of the last mixed batch
+        self._mixer = BatchMixer()
         self._normalizes_by_count: bool | None = None  # found out at a training step
 
     # ---- data -------------------------------------------------------------------------------
@@ -147,7 +146,10 @@ class CSKDTrainer(Trainer):
         extras = self.cskd_targets.pop_inputs(inputs) if self.cskd_targets is not None else {}
         teacher = self.teacher_model if self.cskd.teacher_kd_weight > 0 else None
         labels = inputs.get("labels")  # before Trainer pops it for label smoothing
-        mix = self._mix_batch(inputs, labels) if model.training else None  # the model and the teacher see it mixed
+        mix = None  # the model and the teacher see the batch mixed
+        if model.training:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            mix = self._mixer(inputs, labels, self.cskd, seed, self.state.global_step, self.accelerator.process_index)
         if (self.cskd_targets is None and teacher is None and mix is None) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -185,30 +187,6 @@ class CSKDTrainer(Trainer):
             loss = loss + weight * value
         self._cskd_sums.add(self.state.global_step, terms, stats)
         return (loss, outputs) if return_outputs else loss
-
-    def _mix_batch(self, inputs: dict[str, Any], labels: Any) -> Mix | None:
-        """Mix this micro-batch's images in place in `inputs` (Mixup/CutMix, `hf_cskd.mixing`), or None. The draw is
-        a function of (seed, step, micro-batch, process): a resumed run mixes exactly as the uninterrupted one."""
-        settings = self.cskd
-        if settings.mixup_alpha <= 0 and settings.cutmix_alpha <= 0:
-            return None
-        pixels = inputs.get("pixel_values")
-        if not torch.is_tensor(pixels) or pixels.ndim != 4 or labels is None or labels.ndim != 1:
-            raise ValueError(
-                "mixup_alpha / cutmix_alpha mix images: they need 4-D `pixel_values` and one class index per example "
-                f"under `labels` (this batch has {sorted(inputs)}). Set both to 0 for other inputs."
-            )
-        step = self.state.global_step
-        micro = self._mix_calls[1] + 1 if self._mix_calls[0] == step else 0
-        self._mix_calls = (step, micro)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        rng = np.random.default_rng([seed, step, micro, self.accelerator.process_index])
-        height, width = pixels.shape[-2:]
-        mix = sample_mix(len(pixels), height, width, settings.mixup_alpha, settings.cutmix_alpha,
-                         settings.mixup_switch_prob, settings.mixup_prob, rng)  # fmt: skip
-        if mix is not None:
-            inputs["pixel_values"] = mix_pixels(pixels, mix)
-        return mix
 
     def _loss_scale(self) -> int:
         """What `Trainer.compute_loss` multiplies the loss by under `average_tokens_across_devices`."""

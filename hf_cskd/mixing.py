@@ -19,6 +19,7 @@ pair term treats a mixed anchor, and the official code (alinlab/cs-kd `train.py`
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,3 +96,34 @@ def mixed_target_logits(
         return mixed
     both = (has_target & has_target[perm.to(has_target.device)]).to(targets.device)
     return torch.where(both[:, None], mixed, targets)
+
+
+class BatchMixer:
+    """Mixes the training micro-batches of one run. Each draw is a function of (seed, step, micro-batch, process),
+    so a resumed run mixes exactly as the uninterrupted one; micro-batches are counted within a step."""
+
+    def __init__(self) -> None:
+        self.last = (-1, 0)  # (global step, micro-batch index) of the last draw
+
+    def __call__(
+        self, inputs: dict[str, Any], labels: Any, settings: Any, seed: int, step: int, process_index: int
+    ) -> Mix | None:
+        """Mix `inputs["pixel_values"]` (replaced by the mixed images) as `settings` (`mixup_alpha`, `cutmix_alpha`,
+        `mixup_switch_prob`, `mixup_prob`) say; the `Mix`, or None when this batch is not mixed."""
+        if settings.mixup_alpha <= 0 and settings.cutmix_alpha <= 0:
+            return None
+        pixels = inputs.get("pixel_values")
+        if not torch.is_tensor(pixels) or pixels.ndim != 4 or labels is None or labels.ndim != 1:
+            raise ValueError(
+                "mixup_alpha / cutmix_alpha mix images: they need 4-D `pixel_values` and one class index per example "
+                f"under `labels` (this batch has {sorted(inputs)}). Set both to 0 for other inputs."
+            )
+        micro = self.last[1] + 1 if self.last[0] == step else 0
+        self.last = (step, micro)
+        rng = np.random.default_rng([seed, step, micro, process_index])
+        height, width = pixels.shape[-2:]
+        mix = sample_mix(len(pixels), height, width, settings.mixup_alpha, settings.cutmix_alpha,
+                         settings.mixup_switch_prob, settings.mixup_prob, rng)  # fmt: skip
+        if mix is not None:
+            inputs["pixel_values"] = mix_pixels(pixels, mix)
+        return mix

@@ -13,6 +13,7 @@ from conftest import make_image_dataset, make_vit, training_args
 from transformers import AutoModelForImageClassification
 
 import hf_cskd.cskd_trainer
+import hf_cskd.mixing
 from hf_cskd import CSKDTrainer
 from hf_cskd.collator import split_pair_inputs
 from hf_cskd.mixing import Mix, mix_pixels, mixed_target_logits, sample_mix
@@ -86,7 +87,7 @@ def test_mixed_batch_loss_equals_the_hand_computed_soft_labels_and_mixed_targets
     tmp_path, mode, monkeypatch, warm_state
 ):
     lam, temperature, cskd_lambda = 0.7, 2.0, 1.5
-    monkeypatch.setattr(hf_cskd.cskd_trainer, "sample_mix", lambda *args: Mix(lam, PERM))
+    monkeypatch.setattr(hf_cskd.mixing, "sample_mix", lambda *args: Mix(lam, PERM))
     student, reference = warm_vit(warm_state), warm_vit(warm_state)
     cskd = {"cskd_lambda": 0.0} if mode is None else {"cskd_lambda": cskd_lambda, "cskd_mode": mode}
     # Queue mode with one slot per class: each anchor's target is its class's latest prediction.
@@ -214,7 +215,7 @@ def test_mixing_on_a_stream(tmp_path, mode):
     trainer.train()
     logs = [log for log in trainer.state.log_history if "cskd_loss" in log]
     assert len(logs) == 4 and all(np.isfinite(log["loss"]) for log in logs)
-    assert trainer._mix_calls[0] == 3  # a mix was drawn up to the last step
+    assert trainer._mixer.last[0] == 3  # a mix was drawn up to the last step
 
 
 def test_mixing_under_bf16_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
