@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
@@ -28,11 +27,11 @@ from transformers.utils import logging
 from .checkpoints import complete_checkpoint, load_targets, quiet_key_report, reload_renamed_weights, save_targets
 from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig, cskd_settings
-from .grad_accumulation import kd_denominator, loss_is_scaled_for_ga, normalizes_by_count
+from .grad_accumulation import add_loss_terms, kd_denominator, loss_is_scaled_for_ga, normalizes_by_count
 from .hub import hub_permission_error, upload_or_explain, write_hub_gitignore
 from .loss_logs import LossTermSums
 from .losses import class_wise_kd_loss
-from .mixing import BatchMixer, mixed_target_logits
+from .mixing import BatchMixer, mixed_label_loss, mixed_target_logits
 from .model_card import training_card
 from .pairing import ClassPairedDataset
 from .targets import (
@@ -164,27 +163,20 @@ class CSKDTrainer(Trainer):
         steps = self.current_gradient_accumulation_steps
         denominator = kd_denominator(logits.shape[0], num_items_in_batch, scaled, by_count, steps, self._loss_scale())
         if mix is not None:  # the model's loss is its own label's share; add the partner's, normalized alike
-            partner = F.cross_entropy(logits.float(), labels[mix.perm.to(labels.device)], reduction="sum",
-                                      label_smoothing=self.args.label_smoothing_factor)  # fmt: skip
-            loss = mix.lam * loss + (1.0 - mix.lam) * partner / denominator
-        # Each extra term: (its weight, its value summed over the batch), normalized like the model's loss.
-        extra_terms, stats = {}, {}
+            loss = mixed_label_loss(loss, logits, labels, mix, denominator, self.args.label_smoothing_factor)
+        sums, stats = {}, {}  # each extra term: (its weight, its value summed over the batch)
         if self.cskd_targets is not None:
             targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
             if mix is not None:  # the λ-mix of the two classes' targets (hf_cskd.mixing)
                 targets = mixed_target_logits(targets, mix, self.cskd.cskd_temperature, stats.get(HAS_TARGET))
             kd = class_wise_kd_loss(logits, targets, self.cskd.cskd_temperature, reduction="sum")
-            extra_terms["cskd_loss"] = (self.cskd.cskd_lambda, kd)
+            sums["cskd_loss"] = (self.cskd.cskd_lambda, kd)
         if teacher is not None:
             with self.accelerator.autocast():  # the student's mixed precision
                 target = teacher_logits(teacher, model_inputs)
             kd = class_wise_kd_loss(logits, target, self.cskd.teacher_kd_temperature, reduction="sum")
-            extra_terms["teacher_kd_loss"] = (self.cskd.teacher_kd_weight, kd)
-        terms = {"ce_loss": loss / (1 if scaled else steps)}
-        for name, (weight, value) in extra_terms.items():
-            value = value / denominator
-            terms[name] = value / (1 if scaled else steps)
-            loss = loss + weight * value
+            sums["teacher_kd_loss"] = (self.cskd.teacher_kd_weight, kd)
+        loss, terms = add_loss_terms(loss, sums, denominator, scaled, steps)
         self._cskd_sums.add(self.state.global_step, terms, stats)
         return (loss, outputs) if return_outputs else loss
 

@@ -63,3 +63,19 @@ def kd_denominator(
     if num_items_in_batch is None:
         return batch_size * accumulation_steps
     return (num_items_in_batch if by_count else batch_size) / loss_scale
+
+
+def add_loss_terms(
+    model_loss: torch.Tensor, sums: dict[str, tuple[float, torch.Tensor]], denominator: Any, scaled_for_ga: bool,
+    accumulation_steps: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """The micro-batch's loss `model_loss + Σ weight · sum / denominator` for `sums` = {name: (weight, the term
+    summed over the micro-batch)}, and each term as logged (`ce_loss` = the model's own, the others before their
+    weight), on the scale of one optimizer step: divided by the accumulation steps where `training_step` will."""
+    per_step = 1 if scaled_for_ga else accumulation_steps
+    logged = {"ce_loss": model_loss / per_step}
+    for name, (weight, total) in sums.items():
+        value = total / denominator
+        logged[name] = value / per_step
+        model_loss = model_loss + weight * value
+    return model_loss, logged

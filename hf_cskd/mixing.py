@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,18 @@ def mixed_target_logits(
         return mixed
     both = (has_target & has_target[perm.to(has_target.device)]).to(targets.device)
     return torch.where(both[:, None], mixed, targets)
+
+
+def mixed_label_loss(
+    own_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mix: Mix, denominator: Any,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """The soft-label cross-entropy of a mixed batch, `λ·CE(y_i) + (1−λ)·CE(y_{p(i)})`, from the model's own loss
+    (its label's share, normalized as `Trainer` normalizes it) and the partner labels' summed cross-entropy divided
+    by the same `denominator` (`grad_accumulation.kd_denominator`)."""
+    partner = F.cross_entropy(logits.float(), labels[mix.perm.to(labels.device)], reduction="sum",
+                              label_smoothing=label_smoothing)  # fmt: skip
+    return mix.lam * own_loss + (1.0 - mix.lam) * partner / denominator
 
 
 class BatchMixer:

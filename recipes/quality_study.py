@@ -42,8 +42,7 @@ run of a model also pretrains it: ~9 min ResNet, ~12 min ViT):
     python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
     python recipes/quality_study.py --regime fmnist-lite0-10      # ~40 min (timm environment)
     python recipes/quality_study.py --regime fmnist-lite0-100     # ~60 min
-    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations --arms cross-entropy 'CS-KD queue' \
-        Mixup 'Mixup + CS-KD queue' 'teacher KD' 'teacher KD + CS-KD queue'   # reuses the finished arms' runs
+    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations   # ~50 min more: reuses the finished runs
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
 """
 
@@ -317,6 +316,7 @@ def teacher_folder(job: dict) -> str:
 def train_teacher(job: dict) -> dict:
     """The seed's teacher: cross-entropy for TEACHER_EPOCHS x the epochs on the seed's split, through the recipe;
     its test metrics are returned for the report. Kept on disk: a resumed study reuses it."""
+    torch.set_num_threads(1)  # one run per worker and core, as in `run`
     folder = Path(teacher_folder(job))
     if not (folder / "test_results.json").is_file():
         teacher_job = {**job, "method": "cross-entropy", "lambda": 0.0, "label_smoothing": 0.0, "mode": "pairs",
@@ -663,7 +663,8 @@ def main() -> None:
                         f"with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
     parser.add_argument("--teachers", default="outputs/teachers", help="--combinations: where the teachers are kept")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these main arms (e.g. to measure another "
-                        "--image_size on one seed: --arms cross-entropy 'CS-KD queue')")  # fmt: skip
+                        "--image_size on one seed: --arms cross-entropy 'CS-KD queue'); the report then shows only "
+                        "these arms, so give it its own --results and --output to keep the regime's section")  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--pool", metavar="PREFIX", default=None, help="run nothing: write the paired differences "
                         "pooled over the finished regimes whose name starts with PREFIX (e.g. finetune-)")  # fmt: skip
