@@ -42,7 +42,7 @@ run of a model also pretrains it: ~9 min ResNet, ~12 min ViT):
     python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
     python recipes/quality_study.py --regime fmnist-lite0-10      # ~40 min (timm environment)
     python recipes/quality_study.py --regime fmnist-lite0-100     # ~60 min
-    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations   # ~50 min more: reuses the finished runs
+    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations   # ~57 min more: reuses the finished runs
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
 """
 
