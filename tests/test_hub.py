@@ -29,14 +29,17 @@ def run_script(script: Path, tmp_path: Path, endpoint: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub):
+@pytest.mark.parametrize("teacher", [False, True], ids=["student", "with-teacher"])
+def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub, teacher):
     endpoint, state = hub
-    report = run_script(SCRIPT, tmp_path, endpoint)
+    report = run_script(SCRIPT, tmp_path, endpoint, *(["--teacher"] if teacher else []))
 
     for files in (report["pushed"], report["folder_files"]):
         assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files)
         assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]  # safetensors only
     assert report["max_prob_diff_from_pretrained"] < 1e-6
+    # The push holds the student's tensors, bit for bit, and none of a teacher's.
+    assert report["pushed_tensors_are_the_students"] and not report["pushed_tensors_match_the_teacher"]
     assert report["max_prob_diff_pipeline"] < 1e-5
     assert report["calibration_temperature"] > 0
     no_token, not_yours, trainer_not_yours = report["errors"]
@@ -44,6 +47,7 @@ def test_push_download_and_refusals_against_a_local_hub(tmp_path, hub):
     assert report["local_output_unchanged"]
     card = state.repos["alice/cskd-tiny"]["files"]["README.md"].decode()
     assert "hf_alice_write_token" not in card and "model-index" in card
+    assert ("teacher distillation" in card) == teacher  # the card states the teacher's term when there was one
     assert set(state.repos) == {"alice/cskd-tiny", "alice/cskd-from-folder"}
 
 

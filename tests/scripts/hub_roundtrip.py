@@ -1,4 +1,5 @@
 """Train, calibrate, push to the Hub at $HF_ENDPOINT (the test's local server), download, compare.
+`--teacher`: train with a teacher's distillation term as well (the push must hold the student alone).
 
 Run in a subprocess: huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE when imported.
 Prints one JSON line of findings for the test to check.
@@ -60,16 +61,21 @@ train, held_out = data.select(range(18)), data.select(range(18, 30))
 
 args = CSKDConfig(output_dir=str(out), max_steps=3, per_device_train_batch_size=6, use_cpu=True, report_to="none",
                   save_strategy="no", disable_tqdm=True, hub_model_id="alice/cskd-tiny", hub_token=ALICE)  # fmt: skip
-trainer = CSKDTrainer(model=ViTForImageClassification(config), args=args, train_dataset=train,
-                      eval_dataset=held_out, processing_class=processor, compute_metrics=compute_metrics)  # fmt: skip
+student = ViTForImageClassification(config)
+teacher = ViTForImageClassification(config) if "--teacher" in sys.argv[2:] else None  # other random weights
+trainer = CSKDTrainer(model=student, args=args, train_dataset=train, eval_dataset=held_out, processing_class=processor,
+                      compute_metrics=compute_metrics, teacher_model=teacher)  # fmt: skip
 trainer.train()
 trainer.calibrate(held_out, bake_on_bound=True)  # a random model: T may sit on a bound
 metrics = trainer.evaluate()
 trainer.push_to_hub(results={"CS-KD + temperature scaling": {k[5:]: v for k, v in metrics.items()}})
 
-from huggingface_hub import HfApi  # noqa: E402
+from huggingface_hub import HfApi, hf_hub_download  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 pushed = sorted(HfApi(endpoint=None).list_repo_files("alice/cskd-tiny"))
+pushed_tensors = load_file(hf_hub_download("alice/cskd-tiny", "model.safetensors"))
+students = trainer.model.state_dict()
 local = trainer.model.eval()
 probe = images[:5]
 with torch.no_grad():
@@ -92,6 +98,12 @@ print(
     json.dumps(
         {
             "pushed": pushed,
+            # transformers saves some tensors under legacy names: compare the reloaded model, and count the file's
+            "pushed_tensors_are_the_students": len(pushed_tensors) == len(students)
+            and all(torch.equal(value, students[name]) for name, value in remote.state_dict().items()),
+            "pushed_tensors_match_the_teacher": teacher is not None
+            and any(torch.equal(pushed, value) for pushed in pushed_tensors.values()
+                    for value in teacher.state_dict().values() if value.ndim > 1 and value.shape == pushed.shape),
             "folder_files": folder_files,
             "max_prob_diff_from_pretrained": float((local_probs - remote_probs).abs().max()),
             "max_prob_diff_pipeline": float(np.abs(np.array(pipeline_probs) - local_probs.numpy()).max()),
