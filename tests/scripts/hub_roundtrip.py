@@ -102,8 +102,12 @@ print(
             "pushed_tensors_are_the_students": len(pushed_tensors) == len(students)
             and all(torch.equal(value, students[name]) for name, value in remote.state_dict().items()),
             "pushed_tensors_match_the_teacher": teacher is not None
-            and any(torch.equal(pushed, value) for pushed in pushed_tensors.values()
-                    for value in teacher.state_dict().values() if value.ndim > 1 and value.shape == pushed.shape),
+            and any(
+                torch.equal(pushed, value)
+                for pushed in pushed_tensors.values()
+                for value in teacher.state_dict().values()
+                if value.ndim > 1 and value.shape == pushed.shape
+            ),
             "folder_files": folder_files,
             "max_prob_diff_from_pretrained": float((local_probs - remote_probs).abs().max()),
             "max_prob_diff_pipeline": float(np.abs(np.array(pipeline_probs) - local_probs.numpy()).max()),
