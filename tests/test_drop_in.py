@@ -208,6 +208,8 @@ def test_ga_rules_as_pure_functions():
     total = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
     assert normalizes_by_count(total / 16, logits, labels, 16) is True
     assert normalizes_by_count(total / 4, logits, labels, torch.tensor(16)) is False
+    assert normalizes_by_count(total / 4, logits, labels, 4) is None  # same count: cannot tell
+    assert normalizes_by_count((total / 16).double(), logits.double(), labels, torch.tensor(16.0)) is True
     # Not scaled, 4 accumulation steps: 0.5 + 2 · 6/4 = 3.5 for the step; logged per optimizer step (/4).
     loss, logged = add_loss_terms(torch.tensor(0.5), {"cskd_loss": (2.0, torch.tensor(6.0))}, 4, False, 4)
     assert loss.item() == 3.5 and logged["ce_loss"].item() == 0.125 and logged["cskd_loss"].item() == 0.375
@@ -215,5 +217,3 @@ def test_ga_rules_as_pure_functions():
                                   16, True, 4)  # fmt: skip
     assert loss.item() == 0.5 + 0.5 + 0.125  # scaled: the terms are already per optimizer step
     assert {name: value.item() for name, value in logged.items()} == {"ce_loss": 0.5, "a": 0.5, "b": 0.25}
-    assert normalizes_by_count(total / 4, logits, labels, 4) is None  # same count: cannot tell
-    assert normalizes_by_count((total / 16).double(), logits.double(), labels, torch.tensor(16.0)) is True
