@@ -90,9 +90,8 @@ class CSKDTrainer(Trainer):
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self.cskd_targets = make_target_source(
-            self.cskd, self.train_dataset, getattr(config, "num_labels", None), seed, self.accelerator
+            self.cskd, self.train_dataset, getattr(config, "num_labels", None), self._data_seed, self.accelerator
         )
         self._prepare_train_dataset()  # now, so that bad labels fail here rather than after the first steps
         self._start_run()
@@ -102,6 +101,11 @@ class CSKDTrainer(Trainer):
     def cskd(self) -> Any:
         """The CS-KD knobs of `self.args` (`cskd_temperature`, `cskd_lambda`, `cskd_mode`, ...)."""
         return cskd_settings(self.args)
+
+    @property
+    def _data_seed(self) -> int:
+        """The seed of the data order, which the pairs, the queue's draws and the mixing follow too."""
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
     def _start_run(self) -> None:
         """State of one training run: each `train()` call (and search trial) starts with none of the last one's."""
@@ -147,8 +151,8 @@ class CSKDTrainer(Trainer):
         labels = inputs.get("labels")  # before Trainer pops it for label smoothing
         mix = None  # the model and the teacher see the batch mixed
         if model.training:
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            mix = self._mixer(inputs, labels, self.cskd, seed, self.state.global_step, self.accelerator.process_index)
+            mix = self._mixer(inputs, labels, self.cskd, self._data_seed, self.state.global_step,
+                              self.accelerator.process_index)  # fmt: skip
         if (self.cskd_targets is None and teacher is None and mix is None) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
