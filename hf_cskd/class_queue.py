@@ -97,11 +97,15 @@ class ClassQueue:
         self.head = (self.head + counts) % self.size
 
     def draw_and_push(
-        self, logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor
+        self, logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, pushed: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step: draw every row's target from the queue as it was, then push the rows."""
+        """One training step: draw every row's target from the queue as it was, then push the rows (only those
+        marked in `pushed`, when given: predictions of a mixed image are not a prediction of their class)."""
         targets, found = self.draw(logits, labels, ids)
-        self.push(logits, labels, ids)
+        if pushed is None:
+            self.push(logits, labels, ids)
+        else:
+            self.push(logits[pushed], labels[pushed], ids[pushed])
         self.calls += 1
         return targets, found
 

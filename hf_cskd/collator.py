@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import default_data_collator
 
-from .pairing import PAIR_PREFIX
+from .pairing import LABEL_RANGE_FIX, PAIR_PREFIX, allowed_labels
 
 EXAMPLE_ID_KEY = "cskd_example_id"
 """The row index of each example, carried in queue mode so that no anchor is distilled from itself."""
@@ -34,6 +34,9 @@ class DataCollatorForClassPairs:
     """
 
     collator: Callable[[list[dict[str, Any]]], dict[str, Any]] = field(default=default_data_collator)
+    num_labels: int | None = None
+    """When set, class-index `labels` outside [0, num_labels) are refused here, on the host (`check_label_range`):
+    a check on the device would cost a sync per step (streams, whose labels cannot be checked up front)."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         features = [dict(feature) for feature in features]
@@ -49,4 +52,16 @@ class DataCollatorForClassPairs:
                 raise ValueError(f"Some examples of this batch carry a {key!r} and some do not.")
             if values[0] is not None:
                 batch[key] = torch.tensor(values, dtype=torch.int64)
+        check_label_range(batch.get("labels"), self.num_labels)
         return batch
+
+
+def check_label_range(labels: Any, num_labels: int | None) -> None:
+    """Refuse a batch's class indices outside [0, num_labels) with the fix (a host tensor: no device sync)."""
+    if num_labels is None or not torch.is_tensor(labels) or labels.ndim != 1 or labels.is_floating_point():
+        return
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+        raise ValueError(
+            f"A batch has labels in [{int(labels.min())}, {int(labels.max())}], outside {allowed_labels(num_labels)}. "
+            f"{LABEL_RANGE_FIX}"
+        )

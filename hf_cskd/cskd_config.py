@@ -100,6 +100,14 @@ class CSKDConfig(TrainingArguments):
     mixup_prob: float = field(
         default=1.0, metadata={"help": "The probability that a training batch is mixed at all (Mixup or CutMix)."}
     )
+    cskd_queue_unmixed_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "Queue mode with Mixup/CutMix: the share of each mixed batch's rows left unmixed. Only their "
+            "predictions enter the queue (a mixed image's prediction is partly another class's); the other rows are "
+            "mixed and draw targets as usual. In (0, 1); no effect in pairs mode or without mixing."
+        },
+    )
 
     def __post_init__(self):
         if self.cskd_mode not in CSKD_MODES:
@@ -147,6 +155,11 @@ class CSKDConfig(TrainingArguments):
         for name in ("mixup_switch_prob", "mixup_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability: it must be in [0, 1], got {getattr(self, name)}.")
+        if not 0 < self.cskd_queue_unmixed_share < 1:
+            raise ValueError(
+                f"cskd_queue_unmixed_share must be in (0, 1), got {self.cskd_queue_unmixed_share}: queue mode needs some "
+                "unmixed rows to fill the queue and some mixed rows to mix (default 0.25)."
+            )
         super().__post_init__()
 
     def __getstate__(self) -> dict[str, Any]:

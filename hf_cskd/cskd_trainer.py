@@ -27,20 +27,22 @@ from transformers.utils import logging
 from .checkpoints import complete_checkpoint, load_targets, quiet_key_report, reload_renamed_weights, save_targets
 from .collator import DataCollatorForClassPairs
 from .cskd_config import CSKDConfig, cskd_settings
+from .data_errors import NamedRows, transformed_rows
 from .grad_accumulation import add_loss_terms, kd_denominator, loss_is_scaled_for_ga, normalizes_by_count
 from .hub import hub_permission_error, upload_or_explain, write_hub_gitignore
 from .loss_logs import LossTermSums
 from .losses import class_wise_kd_loss
 from .mixing import BatchMixer, mixed_label_loss, mixed_target_logits
 from .model_card import training_card
+from .model_outputs import check_single_label_classifier, model_logits
 from .pairing import ClassPairedDataset
 from .targets import (
     HAS_TARGET,
     EpochCallback,
-    ExampleIdDataset,
-    check_single_label_classifier,
+    QueueTargets,
+    TargetSource,
     make_target_source,
-    model_logits,
+    target_source_key,
 )
 from .teacher import check_same_label_space, freeze_teacher, teacher_logits
 from .temperature_scaling import (
@@ -89,10 +91,9 @@ class CSKDTrainer(Trainer):
         self.add_callback(EpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
-        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        self.cskd_targets = make_target_source(
-            self.cskd, self.train_dataset, getattr(config, "num_labels", None), self._data_seed, self.accelerator
-        )
+        self.cskd_targets: TargetSource | None = None
+        self._targets_key: tuple | None = None  # the settings `cskd_targets` was built for
+        self._raw_train_dataset = self._prepared_train_dataset = None
         self._prepare_train_dataset()  # now, so that bad labels fail here rather than after the first steps
         self._start_run()
         self.calibration: dict[str, Any] | None = None  # set by `calibrate()`
@@ -118,8 +119,41 @@ class CSKDTrainer(Trainer):
     # ---- data -------------------------------------------------------------------------------
 
     def _prepare_train_dataset(self) -> None:
-        if self.cskd_targets is not None:
-            self.train_dataset = self.cskd_targets.prepare_dataset(self.train_dataset)
+        """Build the target source for the arguments as they are now, and wrap the training set for it.
+
+        Called at `__init__` and again when `train()` asks for its data loader, after a hyperparameter-search trial
+        (or the user) set the arguments: a trial that turns λ from 0 to 1 or switches `cskd_mode` gets its own
+        source, data wrapping and collator columns. A training set assigned after `__init__` is wrapped too."""
+        if self.train_dataset is not self._prepared_train_dataset:  # new data (or the first call)
+            self._raw_train_dataset, self._targets_key = self.train_dataset, None
+        model = self.accelerator.unwrap_model(self.model)
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        self.data_collator.num_labels = num_labels
+        key = target_source_key(self.cskd, num_labels, self._data_seed, self.accelerator)
+        if key != self._targets_key:
+            self._targets_key, self._signature_columns = key, None  # the kept columns depend on the source
+            dataset = self._raw_train_dataset
+            self.cskd_targets = make_target_source(self.cskd, dataset, num_labels, self._data_seed, self.accelerator)
+            if self.cskd_targets is not None:
+                dataset = self.cskd_targets.prepare_dataset(dataset)
+            self.train_dataset = self._transform_safe(dataset, "train")
+            self._prepared_train_dataset = self.train_dataset
+
+    def _transform_safe(self, dataset: Any, split: str) -> Any:
+        """`remove_unused_columns=True` drops a `datasets.Dataset`'s columns before its on-the-fly transform
+        (`with_transform`) reads them (`KeyError: 'image'`); as rows (`NamedRows`), `Trainer` drops the unused
+        keys after the transform instead."""
+        return transformed_rows(dataset, split) if self.args.remove_unused_columns else dataset
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        if eval_dataset is None and not isinstance(self.eval_dataset, dict):
+            eval_dataset = self.eval_dataset
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._transform_safe(eval_dataset, "evaluation")
+        return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> torch.utils.data.DataLoader:
+        return super().get_test_dataloader(self._transform_safe(test_dataset, "test"))
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         self._prepare_train_dataset()  # also when the dataset was set after __init__
@@ -127,7 +161,7 @@ class CSKDTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if isinstance(dataset, ClassPairedDataset | ExampleIdDataset):
+        if isinstance(dataset, ClassPairedDataset | NamedRows):  # ExampleIdDataset, transformed rows
             dataset = dataset.dataset
         return super()._get_train_sampler(dataset)
 
@@ -152,7 +186,7 @@ class CSKDTrainer(Trainer):
         mix = None  # the model and the teacher see the batch mixed
         if model.training:
             mix = self._mixer(inputs, labels, self.cskd, self._data_seed, self.state.global_step,
-                              self.accelerator.process_index)  # fmt: skip
+                              self.accelerator.process_index, isinstance(self.cskd_targets, QueueTargets))  # fmt: skip
         if (self.cskd_targets is None and teacher is None and mix is None) or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -170,7 +204,8 @@ class CSKDTrainer(Trainer):
             loss = mixed_label_loss(loss, logits, labels, mix, denominator, self.args.label_smoothing_factor)
         sums, stats = {}, {}  # each extra term: (its weight, its value summed over the batch)
         if self.cskd_targets is not None:
-            targets, stats = self.cskd_targets.targets(model, extras, logits, labels)
+            own_example = None if mix is None else mix.unmixed(logits.device)  # only those may enter a queue
+            targets, stats = self.cskd_targets.targets(model, extras, logits, labels, own_example)
             if mix is not None:  # the λ-mix of the two classes' targets (hf_cskd.mixing)
                 targets = mixed_target_logits(targets, mix, self.cskd.cskd_temperature, stats.get(HAS_TARGET))
             kd = class_wise_kd_loss(logits, targets, self.cskd.cskd_temperature, reduction="sum")
@@ -226,6 +261,7 @@ class CSKDTrainer(Trainer):
         which `Trainer` writes last: such folders are skipped with a warning (a path to one is refused).
         """
         resume_from_checkpoint = complete_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        self._prepare_train_dataset()  # the arguments may have changed since __init__ (a trial's change again later)
         self._start_run()
         if isinstance(resume_from_checkpoint, str) and self.cskd_targets and self.cskd_targets.state_dict():
             state = load_targets(resume_from_checkpoint)
@@ -283,21 +319,23 @@ class CSKDTrainer(Trainer):
         try:
             prediction = self.predict(dataset, metric_key_prefix="calibration")
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-            self.calibration = fitted_calibration(logits, prediction.label_ids, split_name)
-            temperature = self.calibration["temperature"]
-            if "warning" in self.calibration and not bake_on_bound:  # recorded for calibration.json and the card
-                self.calibration = not_baked(self.calibration, self.calibration["warning"])
-                raise TemperatureOnBoundError(
-                    f"{self.calibration['warning']} The model was left uncalibrated (bake_on_bound=True bakes it)."
-                )
+            record = fitted_calibration(logits, prediction.label_ids, split_name)
+            temperature = record["temperature"]
+            if "warning" in record and not bake_on_bound:  # recorded for calibration.json and the card
+                self.calibration = not_baked(record, record["warning"])
+                raise TemperatureOnBoundError(f"{record['warning']} The model was left uncalibrated (bake_on_bound=True "
+                                              "bakes it).")  # fmt: skip
             batch = self._prepare_inputs(next(iter(self.get_eval_dataloader(dataset))))
             example_inputs = {k: v for k, v in batch.items() if k not in self.label_names and k != "labels"}
             try:
                 bake_temperature(self.accelerator.unwrap_model(self.model), temperature, example_inputs)
-            except ValueError as error:  # the model is unchanged: say so, as for a bound
+            except Exception as error:  # the model is unchanged (bake_temperature restores it): never claim T
                 reason = f"T = {temperature:.4f} was fitted but not baked into the model: {error}"
-                self.calibration = not_baked(self.calibration, reason)
-                raise CalibrationNotApplied(reason) from error
+                self.calibration = not_baked(record, reason)
+                if isinstance(error, ValueError):
+                    raise CalibrationNotApplied(reason) from error
+                raise
+            self.calibration = record  # only now: the weights hold T
         finally:
             self.model.train(was_training)
         logger.info(f"Temperature scaling: T = {temperature:.4f} (fitted on {split_name}).")

@@ -88,6 +88,17 @@ class NamedRows(Dataset):
         return getattr(self.dataset, name)
 
 
+def transformed_rows(dataset: Any, split: str) -> Any:
+    """A `datasets.Dataset` with an on-the-fly transform (`with_transform`, `set_transform`) as `NamedRows`, so that
+    `Trainer` removes unused columns from the transformed rows (its collator route) rather than from the dataset,
+    before the transform has read them. Any other dataset is returned as it is."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset) and dataset.format.get("type") == "custom":
+        return NamedRows(dataset, split)
+    return dataset
+
+
 def unreadable_rows(dataset: Any, columns: Sequence[str] | None = None) -> list[int]:
     """Indices of the rows of a `datasets.Dataset` whose image/audio cannot be decoded (progress bar).
 

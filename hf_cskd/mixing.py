@@ -12,9 +12,17 @@ anchor's target is the same mix of its two classes' targets, `λ·softmax(t_i/T)
 softmax(t_{p(i)}/T)`, where `t_{p(i)}` is the target drawn for the partner (an example of class
 `y_{p(i)}`). This is Mixup's label mixing applied to CS-KD's soft labels; at λ = 1 it is CS-KD. In queue
 mode an anchor whose class or whose partner's class has no queued prediction yet keeps its unmixed
-target for that step; the mixed anchors' logits enter the queue under their own (dominant) label. The
-CS-KD paper (section 4, compatibility with Mixup) reports the combination but does not say how the
-pair term treats a mixed anchor, and the official code (alinlab/cs-kd `train.py`) has no Mixup.
+target for that step. The CS-KD paper (section 4, compatibility with Mixup) reports the combination
+but does not say how the pair term treats a mixed anchor, and the official code (alinlab/cs-kd
+`train.py`) has no Mixup.
+
+Queue mode keeps the queue pure. A queue entry must be a prediction for one example of its class, but
+a mixed image's prediction is partly its partner's class (with λ near 0.5, half of it), and later
+draws would mix it again. So in queue mode a share `cskd_queue_unmixed_share` (default 0.25) of each
+mixed batch's rows is left unmixed (own image, own label, own target: λ_i = 1), and only those rows'
+predictions enter the queue; the other rows are mixed as usual and still draw targets from it. A
+share of each batch, rather than whole unmixed batches, keeps the queue filling at every step with
+`mixup_prob = 1`; pairs mode needs none of this (its pairs are forwarded unmixed).
 """
 
 import math
@@ -28,12 +36,25 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Mix:
-    """One batch's mixing: the share `lam` of each row's own example, the partner of each row, and the CutMix box
-    (top, left, height, width) or None for Mixup."""
+    """One batch's mixing: the share `lam` of each mixed row's own example, the partner of each row, the CutMix box
+    (top, left, height, width) or None for Mixup, and which rows are mixed (None: all of them)."""
 
     lam: float
     perm: torch.Tensor
     box: tuple[int, int, int, int] | None = None
+    mixed: torch.Tensor | None = None
+
+    def row_lam(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """λ_i per row: `lam` for a mixed row, 1 for a row left unmixed."""
+        if self.mixed is None:
+            return torch.full(self.perm.shape, self.lam, device=device)
+        return torch.where(self.mixed.to(device), self.lam, 1.0)
+
+    def unmixed(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Which rows saw their own image only (their predictions may enter the queue)."""
+        if self.mixed is None:
+            return torch.zeros(self.perm.shape, dtype=torch.bool, device=device)
+        return ~self.mixed.to(device)
 
 
 def sample_mix(
@@ -45,35 +66,44 @@ def sample_mix(
     switch_prob: float,
     prob: float,
     rng: np.random.Generator,
+    unmixed_share: float = 0.0,
 ) -> Mix | None:
     """Draw one batch's mixing (None: this batch is not mixed). With both alphas > 0, CutMix is chosen with
-    probability `switch_prob`. CutMix's λ is the exact share of unpasted pixels once the box is clipped."""
+    probability `switch_prob`. CutMix's λ is the exact share of unpasted pixels once the box is clipped. With
+    `unmixed_share` > 0, that share of the rows (at least one, chosen at random) is left unmixed."""
     if (mixup_alpha <= 0 and cutmix_alpha <= 0) or batch_size < 2 or rng.random() >= prob:
         return None
     cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
     lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if cutmix else rng.beta(mixup_alpha, mixup_alpha))
     lam = max(lam, 1.0 - lam)
     perm = torch.from_numpy(rng.permutation(batch_size))
+    mixed = None
+    if unmixed_share > 0:
+        mixed = torch.ones(batch_size, dtype=torch.bool)
+        mixed[torch.from_numpy(rng.permutation(batch_size)[: max(1, round(unmixed_share * batch_size))])] = False
     if not cutmix:
-        return Mix(lam, perm)
+        return Mix(lam, perm, mixed=mixed)
     ratio = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     cy, cx = int(rng.integers(height)), int(rng.integers(width))
     top, bottom = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
     left, right = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
     box = (int(top), int(left), int(bottom - top), int(right - left))
-    return Mix(1.0 - box[2] * box[3] / (height * width), perm, box)
+    return Mix(1.0 - box[2] * box[3] / (height * width), perm, box, mixed)
 
 
 def mix_pixels(pixel_values: torch.Tensor, mix: Mix) -> torch.Tensor:
-    """The mixed images (a new tensor; the batch's own is left as it is)."""
+    """The mixed images (a new tensor; the batch's own is left as it is). Unmixed rows keep their own image."""
     partner = pixel_values[mix.perm.to(pixel_values.device)]
     if mix.box is None:
-        return mix.lam * pixel_values + (1.0 - mix.lam) * partner
-    top, left, height, width = mix.box
-    mixed = pixel_values.clone()
-    mixed[..., top : top + height, left : left + width] = partner[..., top : top + height, left : left + width]
-    return mixed
+        mixed = mix.lam * pixel_values + (1.0 - mix.lam) * partner
+    else:
+        top, left, height, width = mix.box
+        mixed = pixel_values.clone()
+        mixed[..., top : top + height, left : left + width] = partner[..., top : top + height, left : left + width]
+    if mix.mixed is None:
+        return mixed
+    return torch.where(mix.mixed.to(pixel_values.device).view(-1, *[1] * (pixel_values.ndim - 1)), mixed, pixel_values)
 
 
 def mixed_target_logits(
@@ -93,22 +123,24 @@ def mixed_target_logits(
     else:
         log_partner = torch.log_softmax(targets[perm] / temperature, dim=-1) + math.log(1.0 - mix.lam)
         mixed = temperature * torch.logaddexp(log_own, log_partner)
-    if has_target is None:
-        return mixed
-    both = (has_target & has_target[perm.to(has_target.device)]).to(targets.device)
-    return torch.where(both[:, None], mixed, targets)
+    keep = mix.unmixed(targets.device)  # rows left unmixed keep their own target
+    if has_target is not None:
+        keep = keep | ~(has_target & has_target[perm.to(has_target.device)]).to(targets.device)
+    return torch.where(keep[:, None], targets, mixed)
 
 
 def mixed_label_loss(
     own_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mix: Mix, denominator: Any,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:  # fmt: skip
-    """The soft-label cross-entropy of a mixed batch, `λ·CE(y_i) + (1−λ)·CE(y_{p(i)})`, from the model's own loss
-    (its label's share, normalized as `Trainer` normalizes it) and the partner labels' summed cross-entropy divided
-    by the same `denominator` (`grad_accumulation.kd_denominator`)."""
-    partner = F.cross_entropy(logits.float(), labels[mix.perm.to(labels.device)], reduction="sum",
+    """The soft-label cross-entropy of a mixed batch, `Σ_i λ_i·CE(y_i) + (1−λ_i)·CE(y_{p(i)})` normalized as `Trainer`
+    normalizes the model's own loss (`own_loss`, `Σ_i CE(y_i) / denominator`; `grad_accumulation.kd_denominator`):
+    `own_loss + Σ_i (1−λ_i)·(CE(y_{p(i)}) − CE(y_i)) / denominator`. λ_i = 1 for rows left unmixed."""
+    logits = logits.float()
+    own = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    partner = F.cross_entropy(logits, labels[mix.perm.to(labels.device)], reduction="none",
                               label_smoothing=label_smoothing)  # fmt: skip
-    return mix.lam * own_loss + (1.0 - mix.lam) * partner / denominator
+    return own_loss + ((1.0 - mix.row_lam(logits.device)) * (partner - own)).sum() / denominator
 
 
 class BatchMixer:
@@ -119,10 +151,12 @@ class BatchMixer:
         self.last = (-1, 0)  # (global step, micro-batch index) of the last draw
 
     def __call__(
-        self, inputs: dict[str, Any], labels: Any, settings: Any, seed: int, step: int, process_index: int
-    ) -> Mix | None:
+        self, inputs: dict[str, Any], labels: Any, settings: Any, seed: int, step: int, process_index: int,
+        queue_mode: bool = False,
+    ) -> Mix | None:  # fmt: skip
         """Mix `inputs["pixel_values"]` (replaced by the mixed images) as `settings` (`mixup_alpha`, `cutmix_alpha`,
-        `mixup_switch_prob`, `mixup_prob`) say; the `Mix`, or None when this batch is not mixed."""
+        `mixup_switch_prob`, `mixup_prob`, and in `queue_mode` `cskd_queue_unmixed_share`) say; the `Mix`, or None
+        when this batch is not mixed."""
         if settings.mixup_alpha <= 0 and settings.cutmix_alpha <= 0:
             return None
         pixels = inputs.get("pixel_values")
@@ -135,8 +169,9 @@ class BatchMixer:
         self.last = (step, micro)
         rng = np.random.default_rng([seed, step, micro, process_index])
         height, width = pixels.shape[-2:]
+        unmixed_share = settings.cskd_queue_unmixed_share if queue_mode else 0.0
         mix = sample_mix(len(pixels), height, width, settings.mixup_alpha, settings.cutmix_alpha,
-                         settings.mixup_switch_prob, settings.mixup_prob, rng)  # fmt: skip
+                         settings.mixup_switch_prob, settings.mixup_prob, rng, unmixed_share)  # fmt: skip
         if mix is not None:
             inputs["pixel_values"] = mix_pixels(pixels, mix)
         return mix

@@ -17,11 +17,10 @@ from transformers.utils import logging
 from .class_queue import NO_ID, ClassQueue
 from .collator import EXAMPLE_ID_KEY, SELF_PAIR_KEY, split_pair_inputs
 from .data_errors import NamedRows
+from .model_outputs import model_logits
 from .pairing import (
-    LABEL_RANGE_FIX,
     PAIR_PREFIX,
     ClassPairedDataset,
-    allowed_labels,
     check_stream_features,
     class_labels,
     is_iterable,
@@ -33,32 +32,6 @@ logger = logging.get_logger(__name__)
 
 HAS_TARGET = "cskd_queue_hit"
 """The statistic holding, per anchor, whether the source had a target for it (logged as the share that had one)."""
-
-
-def model_logits(outputs: Any) -> torch.Tensor:
-    """The logits of a model output (a `ModelOutput`/dict, or a tuple whose first entry is the loss or logits)."""
-    if isinstance(outputs, dict):
-        return outputs["logits"]
-    return outputs[1] if len(outputs) > 1 and outputs[0].ndim == 0 else outputs[0]
-
-
-def check_single_label_classifier(model: torch.nn.Module) -> None:
-    """CS-KD distills class probabilities of single-label classifiers: refuse regression and multi-label heads."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return
-    problem_type = getattr(config, "problem_type", None)
-    if getattr(config, "num_labels", 2) < 2 or problem_type == "regression":
-        raise ValueError(
-            "CS-KD distills class probabilities, but this model has a regression head "
-            f"(num_labels={config.num_labels}, problem_type={problem_type!r}). Build the model with "
-            "`num_labels` equal to the number of classes (>= 2)."
-        )
-    if problem_type == "multi_label_classification":
-        raise ValueError(
-            "CS-KD pairs examples of one class, but this model is set up for multi-label classification. "
-            "Use single-label targets and `problem_type='single_label_classification'`."
-        )
 
 
 class TargetSource(ABC):
@@ -78,11 +51,13 @@ class TargetSource(ABC):
 
     @abstractmethod
     def targets(
-        self, model: torch.nn.Module, extras: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, model: torch.nn.Module, extras: dict[str, Any], logits: torch.Tensor, labels: torch.Tensor,
+        own_example: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """Target logits for the anchors' `logits` (constants), and per-step statistics to log (tensors, logged as
         their mean). A source that has no target for some anchors gives them their own logits (a KD term of 0)
-        and marks which rows have one under `HAS_TARGET`."""
+        and marks which rows have one under `HAS_TARGET`. `own_example` marks the rows whose logits are a
+        prediction of their own example alone (None: every row; a mixed image's are not)."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold to resume exactly (nothing for pairs: they are a pure function)."""
@@ -128,7 +103,7 @@ class PairTargets(TargetSource):
             extras[SELF_PAIR_KEY] = self_pairs
         return extras
 
-    def targets(self, model, extras, logits, labels):
+    def targets(self, model, extras, logits, labels, own_example=None):
         self_pairs = extras.pop(SELF_PAIR_KEY, None)
         if not extras:
             raise ValueError(
@@ -206,7 +181,6 @@ class QueueTargets(TargetSource):
     ):
         self.queue = ClassQueue(num_labels, size, seed=seed, device=device)
         self.label_column, self.accelerator = label_column, accelerator
-        self.labels_checked = False
 
     def prepare_dataset(self, dataset: Any) -> Any:
         if dataset is None or isinstance(dataset, ExampleIdDataset):
@@ -219,8 +193,7 @@ class QueueTargets(TargetSource):
         if is_iterable(dataset):
             logger.info("Queue mode on a stream: examples carry no ids; see QueueTargets.")
             return dataset
-        _, labels = class_labels(dataset, self.label_column, self.queue.num_labels, decode=False)
-        self.labels_checked = labels is not None
+        class_labels(dataset, self.label_column, self.queue.num_labels, decode=False)  # refuses bad labels now
         return ExampleIdDataset(dataset)
 
     def input_names(self, model_input_names: list[str]) -> list[str]:
@@ -229,26 +202,19 @@ class QueueTargets(TargetSource):
     def pop_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"ids": inputs.pop(EXAMPLE_ID_KEY)} if EXAMPLE_ID_KEY in inputs else {}
 
-    def _check_labels(self, labels: torch.Tensor) -> None:
-        """Labels not validated up front (streams, torch datasets): check them once here (one sync)."""
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= self.queue.num_labels:
-            raise ValueError(
-                f"A training batch has labels in [{low}, {high}], outside {allowed_labels(self.queue.num_labels)}. "
-                f"{LABEL_RANGE_FIX}"
-            )
-
-    def targets(self, model, extras, logits, labels):
+    def targets(self, model, extras, logits, labels, own_example=None):
+        # Labels were checked on the host: up front for map-style sets, per batch by the collator for streams.
         if labels is None or labels.ndim != 1 or labels.is_floating_point():
             raise ValueError("Queue mode needs one integer class index per example under `labels`.")
-        if not self.labels_checked:
-            self._check_labels(labels)
         ids = extras.get("ids")
         if ids is None:
             ids = torch.full_like(labels, NO_ID)
-        rows = torch.stack([labels.to(torch.int64), ids.to(labels.device, torch.int64)], dim=1)
+        if own_example is None:
+            own_example = torch.ones_like(labels, dtype=torch.bool)
+        rows = torch.stack([labels.to(torch.int64), ids.to(labels.device, torch.int64),
+                            own_example.to(labels.device, torch.int64)], dim=1)  # fmt: skip
         (all_logits, all_rows), mine = gather_rows(self.accelerator, logits.detach().float(), rows)
-        targets, found = self.queue.draw_and_push(all_logits, all_rows[:, 0], all_rows[:, 1])
+        targets, found = self.queue.draw_and_push(all_logits, all_rows[:, 0], all_rows[:, 1], all_rows[:, 2].bool())
         # Rows without a target get their own logits (a KD term of exactly 0): in this process's
         # rows, those are the local logits, equal to the gathered ones.
         return targets[mine], {HAS_TARGET: found[mine]}
@@ -261,6 +227,13 @@ class QueueTargets(TargetSource):
 
     def reset(self) -> None:
         self.queue.reset()
+
+
+def target_source_key(settings: Any, num_labels: int | None, seed: int, accelerator: Accelerator) -> tuple:
+    """What `make_target_source` builds from: a source built for an equal key serves as is (the per-step knobs,
+    λ > 0 and T, are read at each step)."""
+    return (settings.cskd_lambda > 0, settings.cskd_mode, settings.cskd_queue_size, settings.cskd_label_column,
+            settings.cskd_stream_buffer_size, num_labels, seed, id(accelerator))  # fmt: skip
 
 
 def make_target_source(

@@ -17,6 +17,7 @@ from torch import nn
 
 from .calibration import calibration_metrics
 from .classifier_head import find_classifier_layers
+from .model_outputs import model_logits
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The range `fit_temperature` searches. A fit on a bound means the held-out data cannot support a
@@ -154,11 +155,11 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
     }
     try:
         with full_precision(model):
-            before = forward(**inputs).logits if example_inputs is not None else None
+            before = model_logits(forward(**inputs)) if example_inputs is not None else None
             for parameter, _ in originals:
                 parameter.div_(temperature)
             if before is not None and not torch.allclose(
-                forward(**inputs).logits, before / temperature, rtol=1e-4, atol=1e-5
+                model_logits(forward(**inputs)), before / temperature, rtol=1e-4, atol=1e-5
             ):
                 for parameter, original in originals:
                     parameter.copy_(original)

@@ -87,7 +87,10 @@ def test_mixed_batch_loss_equals_the_hand_computed_soft_labels_and_mixed_targets
     tmp_path, mode, monkeypatch, warm_state
 ):
     lam, temperature, cskd_lambda = 0.7, 2.0, 1.5
-    monkeypatch.setattr(hf_cskd.mixing, "sample_mix", lambda *args: Mix(lam, PERM))
+    # Queue mode leaves some rows of each mixed batch unmixed (only they enter the queue): here rows 2, 3, 6, 7.
+    rows_mixed = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool) if mode == "queue" else None
+    monkeypatch.setattr(hf_cskd.mixing, "sample_mix", lambda *args: Mix(lam, PERM, mixed=rows_mixed))
+    row_lam = torch.full((8,), lam) if rows_mixed is None else torch.where(rows_mixed, lam, 1.0)
     student, reference = warm_vit(warm_state), warm_vit(warm_state)
     cskd = {"cskd_lambda": 0.0} if mode is None else {"cskd_lambda": cskd_lambda, "cskd_mode": mode}
     # Queue mode with one slot per class: each anchor's target is its class's latest prediction.
@@ -98,9 +101,17 @@ def test_mixed_batch_loss_equals_the_hand_computed_soft_labels_and_mixed_targets
     student.train()
     loader = iter(trainer.get_train_dataloader())
     batch = next(loader)
-    if mode == "queue":  # a first step fills the queue; the second is checked
+    if mode == "queue":  # a first step fills the queue, with the unmixed rows' predictions only; the second is checked
         trainer.compute_loss(student, dict(batch))
         queued, filled = trainer.cskd_targets.queue.logits[:, 0].clone(), trainer.cskd_targets.queue.filled[:, 0]
+        reference.train()
+        with torch.no_grad():
+            clean = reference(pixel_values=batch["pixel_values"]).logits
+        for c in range(3):  # the class's last unmixed row, or nothing
+            rows = [i for i in range(8) if not rows_mixed[i] and batch["labels"][i] == c]
+            assert bool(filled[c]) == bool(rows)
+            if rows:
+                torch.testing.assert_close(queued[c], clean[rows[-1]], rtol=1e-5, atol=1e-6)
         batch = next(loader)
     inputs = dict(batch)
     pair = split_pair_inputs(inputs)
@@ -108,9 +119,11 @@ def test_mixed_batch_loss_equals_the_hand_computed_soft_labels_and_mixed_targets
     loss = trainer.compute_loss(student, dict(batch))
 
     reference.train()
-    mixed = lam * inputs["pixel_values"] + (1 - lam) * inputs["pixel_values"][PERM]
+    x, per_row = inputs["pixel_values"], row_lam[:, None, None, None]
+    mixed = per_row * x + (1 - per_row) * x[PERM]
     logits = reference(pixel_values=mixed).logits
-    expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[PERM])
+    ce = lambda y: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
+    expected = (row_lam * ce(labels) + (1 - row_lam) * ce(labels[PERM])).mean()
     if mode is not None:
         probs = lambda t: torch.softmax(t / temperature, dim=1)  # noqa: E731
         with torch.no_grad():
@@ -120,7 +133,7 @@ def test_mixed_batch_loss_equals_the_hand_computed_soft_labels_and_mixed_targets
             else:  # a class without a queued prediction: the anchor's own logits (no term), unmixed
                 has = filled[labels]
                 targets = torch.where(has[:, None], queued[labels], logits)
-                both = has & has[PERM]
+                both = has & has[PERM] & rows_mixed
                 assert both.any()
             target = torch.where(both[:, None], lam * probs(targets) + (1 - lam) * probs(targets[PERM]), probs(targets))
         expected = expected + cskd_lambda * kl_to(target, logits, temperature)

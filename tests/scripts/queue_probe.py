@@ -32,8 +32,8 @@ trainer = CSKDTrainer(model=make_vit(seed=0), args=args, train_dataset=data)
 record, original = {}, trainer.cskd_targets.targets
 
 
-def recording_targets(model, extras, logits, labels):
-    targets, stats = original(model, extras, logits, labels)
+def recording_targets(model, extras, logits, labels, own_example=None):
+    targets, stats = original(model, extras, logits, labels, own_example)
     step = len(record) // 4
     values = {"logits": logits.detach().float(), "labels": labels, "ids": extras["ids"], "targets": targets}
     record.update({f"step{step}.{k}": v.detach().cpu().contiguous() for k, v in values.items()})
