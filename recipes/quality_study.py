@@ -286,7 +286,7 @@ def run_finetune(job: dict, keep: Path | None = None) -> dict:
                 "--num_train_epochs", str(job["epochs"]), "--learning_rate", str(lr), "--weight_decay", "0.05",
                 "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine",
                 "--per_device_train_batch_size", str(regime.batch_size), "--per_device_eval_batch_size", "250",
-                "--eval_strategy", "no", "--cskd_lambda", str(job["lambda"]),
+                "--eval_strategy", "no", "--save_strategy", "no", "--cskd_lambda", str(job["lambda"]),
                 "--cskd_temperature", str(job["temperature"]), "--cskd_mode", job["mode"],
                 "--label_smoothing_factor", str(job["label_smoothing"]), "--disable_tqdm", "true", "--log_level", "error",
             ])  # fmt: skip
@@ -304,6 +304,36 @@ def run_finetune(job: dict, keep: Path | None = None) -> dict:
         "scaled": {m: test[f"test_{m}"] for m in metrics},
         "test_examples": examples,
         "intra_class": intra,
+    }
+
+
+def provenance(command: str) -> dict:
+    """What made a result row: package versions, the commit (and whether the tree had uncommitted changes), the
+    command and the machine."""
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=RECIPES).stdout.strip()  # noqa: E731
+    packages = ("torch", "transformers", "accelerate", "datasets", "numpy", "timm", "torchvision")
+    return {
+        "versions": {"python": platform.python_version(), **{name: version(name) for name in packages}},
+        "commit": {
+            "sha": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        },
+        "command": command,
+        "machine": {
+            "cores": os.cpu_count(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "processor": platform.processor() or platform.machine(),
+        },  # fmt: skip
     }
 
 
@@ -715,7 +745,9 @@ def main() -> None:
                 progress.write(f"teacher seed {teacher['seed']}: error {100 * teacher['error']:.2f}%")
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool, results_path.open("a") as log:
         progress = tqdm(pool.imap_unordered(run, todo), total=len(todo), desc=args.regime, unit="run")
+        made_by = provenance(command)
         for result in progress:  # tqdm's estimate of the remaining time is the study's
+            result["provenance"] = made_by
             log.write(json.dumps(result) + "\n")
             log.flush()
             results.append(result)
