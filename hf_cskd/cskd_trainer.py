@@ -34,7 +34,7 @@ from .loss_logs import LossTermSums
 from .losses import class_wise_kd_loss
 from .mixing import BatchMixer, mixed_label_loss, mixed_target_logits
 from .model_card import training_card
-from .model_outputs import check_single_label_classifier, model_logits
+from .model_outputs import check_single_label_classifier, loss_first, model_logits
 from .pairing import ClassPairedDataset
 from .targets import (
     HAS_TARGET,
@@ -186,9 +186,13 @@ class CSKDTrainer(Trainer):
         mix = None  # the model and the teacher see the batch mixed
         if model.training:
             mix = self._mixer(inputs, labels, self.cskd, self._data_seed, self.state.global_step,
-                              self.accelerator.process_index, isinstance(self.cskd_targets, QueueTargets))  # fmt: skip
+                              self.accelerator.process_index, isinstance(self.cskd_targets, QueueTargets),
+                              self.args.gradient_accumulation_steps)  # fmt: skip
         if (self.cskd_targets is None and teacher is None and mix is None) or not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not return_outputs:
+                return super().compute_loss(model, inputs, False, num_items_in_batch)
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            return loss, loss_first(loss, outputs)
 
         model_inputs = dict(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -217,7 +221,7 @@ class CSKDTrainer(Trainer):
             sums["teacher_kd_loss"] = (self.cskd.teacher_kd_weight, kd)
         loss, terms = add_loss_terms(loss, sums, denominator, scaled, steps)
         self._cskd_sums.add(self.state.global_step, terms, stats)
-        return (loss, outputs) if return_outputs else loss
+        return (loss, loss_first(loss, outputs)) if return_outputs else loss
 
     def _loss_scale(self) -> int:
         """What `Trainer.compute_loss` multiplies the loss by under `average_tokens_across_devices`."""

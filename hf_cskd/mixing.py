@@ -144,15 +144,17 @@ def mixed_label_loss(
 
 
 class BatchMixer:
-    """Mixes the training micro-batches of one run. Each draw is a function of (seed, step, micro-batch, process),
-    so a resumed run mixes exactly as the uninterrupted one; micro-batches are counted within a step."""
+    """Mixes the training micro-batches of one run. Each draw is a function of (seed, the micro-batch's position in
+    the run, process), the position being step x accumulation steps + the micro-batch within the step: a resumed
+    run mixes exactly as the uninterrupted one, and the k-th micro-batch of a run with gradient accumulation is
+    mixed as the k-th batch of a run without it."""
 
     def __init__(self) -> None:
         self.last = (-1, 0)  # (global step, micro-batch index) of the last draw
 
     def __call__(
         self, inputs: dict[str, Any], labels: Any, settings: Any, seed: int, step: int, process_index: int,
-        queue_mode: bool = False,
+        queue_mode: bool = False, accumulation_steps: int = 1,
     ) -> Mix | None:  # fmt: skip
         """Mix `inputs["pixel_values"]` (replaced by the mixed images) as `settings` (`mixup_alpha`, `cutmix_alpha`,
         `mixup_switch_prob`, `mixup_prob`, and in `queue_mode` `cskd_queue_unmixed_share`) say; the `Mix`, or None
@@ -167,7 +169,7 @@ class BatchMixer:
             )
         micro = self.last[1] + 1 if self.last[0] == step else 0
         self.last = (step, micro)
-        rng = np.random.default_rng([seed, step, micro, process_index])
+        rng = np.random.default_rng([seed, step * accumulation_steps + micro, 0, process_index])
         height, width = pixels.shape[-2:]
         unmixed_share = settings.cskd_queue_unmixed_share if queue_mode else 0.0
         mix = sample_mix(len(pixels), height, width, settings.mixup_alpha, settings.cutmix_alpha,

@@ -19,6 +19,15 @@ def model_logits(outputs: Any) -> torch.Tensor:
     return outputs[1] if len(outputs) > 1 and outputs[0].ndim == 0 else outputs[0]
 
 
+def loss_first(loss: torch.Tensor, outputs: Any) -> Any:
+    """A tuple output with the loss as its first entry, as `Trainer.prediction_step` reads it (it drops a tuple's
+    first entry as the loss). A tuple model called without labels returns `(logits, ...)`: with label smoothing
+    (`Trainer` pops the labels) its logits would be dropped and `predict` would return none."""
+    if isinstance(outputs, tuple) and not (outputs and torch.is_tensor(outputs[0]) and outputs[0].ndim == 0):
+        return (loss, *outputs)
+    return outputs
+
+
 def check_single_label_classifier(model: torch.nn.Module) -> None:
     """CS-KD distills class probabilities of single-label classifiers: refuse regression and multi-label heads."""
     config = getattr(model, "config", None)
