@@ -124,6 +124,8 @@ class CSKDTrainer(Trainer):
         Called at `__init__` and again when `train()` asks for its data loader, after a hyperparameter-search trial
         (or the user) set the arguments: a trial that turns λ from 0 to 1 or switches `cskd_mode` gets its own
         source, data wrapping and collator columns. A training set assigned after `__init__` is wrapped too."""
+        if self.model is None:  # between search trials; `train()` asks again once `model_init` made one
+            return
         if self.train_dataset is not self._prepared_train_dataset:  # new data (or the first call)
             self._raw_train_dataset, self._targets_key = self.train_dataset, None
         model = self.accelerator.unwrap_model(self.model)

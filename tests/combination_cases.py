@@ -111,26 +111,26 @@ def final_weights(trainer: CSKDTrainer) -> dict[str, torch.Tensor]:
 
 
 class QueuePurityProbe:
-    """Checks at every push into the queue that each row entering it saw its own example's image alone.
+    """Checks at every step that each prediction entering the queue came from a row that saw its own image alone.
 
     It records the batch's images before mixing (`hf_cskd.mixing.mix_pixels`) and what the model was fed (a forward
-    pre-hook), and wraps `ClassQueue.draw_and_push`: a pushed row whose model input differs from its own image is an
-    impure entry. `rows` is the slice of this process's rows among the gathered ones.
+    pre-hook), and compares the queue before and after each `ClassQueue.draw_and_push`: every slot written from one
+    of this process's rows (`rows`: their slice among the gathered ones) must hold a row whose input was unmixed.
     """
 
     def __init__(self, trainer: CSKDTrainer, rows: slice | None = None):
         self.original: torch.Tensor | None = None
         self.fed: torch.Tensor | None = None
-        self.pushed = self.withheld = 0
+        self.clean_entries = self.mixed_rows = 0
         self.impure: list[str] = []
         self.rows = rows
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.register_forward_pre_hook(self._record_input, with_kwargs=True)
         self._mix_pixels = hf_cskd.mixing.mix_pixels
         hf_cskd.mixing.mix_pixels = self._record_original
-        queue = trainer.cskd_targets.queue
-        self._draw_and_push = queue.draw_and_push
-        queue.draw_and_push = self._check_push
+        self.queue = trainer.cskd_targets.queue
+        self._draw_and_push = self.queue.draw_and_push
+        self.queue.draw_and_push = self._check_push
 
     def close(self) -> None:
         hf_cskd.mixing.mix_pixels = self._mix_pixels
@@ -143,19 +143,23 @@ class QueuePurityProbe:
         self.original = pixel_values.detach().clone()
         return self._mix_pixels(pixel_values, mix)
 
-    def _check_push(self, logits, labels, ids, pushed=None):
-        local = self.rows if self.rows is not None else slice(0, logits.shape[0])
-        mask = torch.ones(logits.shape[0], dtype=torch.bool) if pushed is None else pushed.cpu()
+    def _check_push(self, logits, *args, **kwargs):
+        before = self.queue.logits.clone()
+        result = self._draw_and_push(logits, *args, **kwargs)
+        local = logits[self.rows if self.rows is not None else slice(0, logits.shape[0])].float()
         original = self.original if self.original is not None else self.fed
-        for row, global_row in enumerate(range(*local.indices(logits.shape[0]))):
-            if not mask[global_row]:
-                self.withheld += 1
-            elif torch.equal(self.fed[row], original[row]):
-                self.pushed += 1
-            else:
-                self.impure.append(f"row {row} (label {int(labels[global_row])}) entered the queue mixed")
+        mixed = [not torch.equal(self.fed[r], original[r]) for r in range(local.shape[0])]
+        self.mixed_rows += sum(mixed)
+        written = (self.queue.logits != before).any(dim=-1).nonzero().tolist()
+        for label, slot in written:
+            matches = (local == self.queue.logits[label, slot]).all(dim=-1).nonzero().flatten().tolist()
+            for row in matches:  # none: another process's row
+                if mixed[row]:
+                    self.impure.append(f"class {label} slot {slot} holds the prediction of a mixed image")
+                else:
+                    self.clean_entries += 1
         self.original = None
-        return self._draw_and_push(logits, labels, ids, pushed)
+        return result
 
 
 def logits_of(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from combination_cases import (
 from conftest import run_processes
 from safetensors.torch import load_file
 from test_recipe import free_port
+from transformers import TrainerCallback
 
 from hf_cskd.temperature_scaling import CalibrationNotApplied
 
@@ -97,8 +98,8 @@ def test_single_process_case(tmp_path, case):
             probe.close()
     check_logs(trainer.state.log_history, case)
     if probe is not None:
-        assert probe.impure == [] and probe.pushed > 0
-        assert (probe.withheld > 0) == bool(mixing)  # mixed rows were kept out, and only then
+        assert probe.impure == [] and probe.clean_entries > 0
+        assert (probe.mixed_rows > 0) == bool(mixing)  # mixed rows were met, and kept out of the queue
     if teacher_before is not None:  # frozen, never trained, never in the optimizer
         assert all(torch.equal(teacher_before[k], v) for k, v in teacher_state(trainer).items())
         assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
@@ -155,7 +156,7 @@ def test_two_process_case(tmp_path, case):
     check_logs(ranks[0]["log_history"], case)
     if mode == "queue":
         assert ranks[0]["queue"] == ranks[1]["queue"]  # every process holds the same queue
-        assert sum(r["pushed"] for r in ranks.values()) > 0 and sum(r["withheld"] for r in ranks.values()) > 0
+        assert sum(r["clean_entries"] for r in ranks.values()) > 0 and sum(r["mixed_rows"] for r in ranks.values()) > 0
     out = tmp_path / "out"
     if resumes_exactly(case):
         expected = load_file(out / "model.safetensors")
@@ -171,3 +172,62 @@ def test_two_process_case(tmp_path, case):
         torch.testing.assert_close(after, before / record["temperature"], rtol=1e-4, atol=1e-5)
     else:
         torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_a_search_trial_sets_every_cskd_knob(tmp_path):
+    """A real optuna grid over λ ∈ {0, 1} x mode ∈ {pairs, queue}, from a trainer built with λ = 0: each trial trains
+    with its own values (the target source, the data wrapping and the collator follow them), as its logs show."""
+    optuna = pytest.importorskip("optuna")
+    from combination_cases import make_model, training_data
+    from conftest import training_args
+
+    from hf_cskd import CSKDTrainer
+
+    grid = {"cskd_lambda": [0.0, 1.0], "cskd_mode": ["pairs", "queue"]}
+    trials = []
+
+    def space(trial):
+        return {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
+
+    class Record(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            trials.append((args.cskd_lambda, args.cskd_mode, list(state.log_history)))
+
+    args = training_args(tmp_path, cskd_lambda=0.0, max_steps=3, per_device_train_batch_size=4, cskd_queue_size=2)
+    trainer = CSKDTrainer(model_init=lambda trial: make_model(("lambda0", ())), args=args,
+                          train_dataset=training_data(), eval_dataset=held_out_data(), callbacks=[Record()])  # fmt: skip
+    trainer.hyperparameter_search(direction="minimize", backend="optuna", hp_space=space, n_trials=4,
+                                  sampler=optuna.samplers.GridSampler(grid))  # fmt: skip
+    assert sorted((lam, mode) for lam, mode, _ in trials) == [
+        (0.0, "pairs"),
+        (0.0, "queue"),
+        (1.0, "pairs"),
+        (1.0, "queue"),
+    ]
+    for lam, mode, logs in trials:
+        steps = [log for log in logs if "loss" in log and "train_runtime" not in log]
+        assert len(steps) == 3
+        assert all(("cskd_loss" in log) == (lam > 0) for log in steps), (lam, mode)
+        assert all(("cskd_queue_hit" in log) == (lam > 0 and mode == "queue") for log in steps), (lam, mode)
+        assert all(("cskd_self_pair" in log) is False for log in steps)
+
+
+def test_changing_the_arguments_between_train_calls_rebuilds_the_source(tmp_path):
+    """The same trainer, trained again after `trainer.args` changed: λ 0 -> 1 (queue) -> 0, and K follows."""
+    from combination_cases import make_model, training_data
+    from conftest import training_args
+
+    from hf_cskd import CSKDTrainer
+
+    args = training_args(tmp_path, cskd_lambda=0.0, max_steps=2, per_device_train_batch_size=4)
+    trainer = CSKDTrainer(model=make_model(("lambda0", ())), args=args, train_dataset=training_data())
+    trainer.train()
+    assert trainer.cskd_targets is None and "cskd_loss" not in trainer.state.log_history[0]
+    trainer.args.cskd_lambda, trainer.args.cskd_mode, trainer.args.cskd_queue_size = 1.0, "queue", 3
+    trainer.train()
+    assert trainer.cskd_targets.queue.size == 3 and "cskd_queue_hit" in trainer.state.log_history[0]
+    assert type(trainer.train_dataset).__name__ == "ExampleIdDataset"
+    trainer.args.cskd_lambda = 0.0
+    trainer.train()
+    assert trainer.cskd_targets is None and "cskd_loss" not in trainer.state.log_history[0]
+    assert type(trainer.train_dataset).__name__ == "Dataset"  # the plain training set again

@@ -33,8 +33,8 @@ result = {
     "wrapped": type(trainer.model_wrapped).__name__,
     "log_history": trainer.state.log_history,
     "impure": probe.impure if probe else [],
-    "pushed": probe.pushed if probe else 0,
-    "withheld": probe.withheld if probe else 0,
+    "clean_entries": probe.clean_entries if probe else 0,
+    "mixed_rows": probe.mixed_rows if probe else 0,
     "teacher_changed": teacher is not None
     and any(not torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items()),
 }
