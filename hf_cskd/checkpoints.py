@@ -66,22 +66,39 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+SAVE_HINT = "Runs write checkpoints only with save_strategy 'steps' or 'epoch' (the main job: --save_strategy epoch)."
+
+
 def complete_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | bool | None:
-    """The checkpoint to resume from: `True` means the last *complete* one in `output_dir`; a path to an incomplete
-    one is refused, naming the last complete one. Anything else passes unchanged."""
+    """The checkpoint to resume from: `True` means the last *complete* one in `output_dir`; a path that is not a
+    complete checkpoint is refused with what it is (missing, an output folder, a checkpoint stopped while saving,
+    no checkpoint at all) and the fix. Anything else passes unchanged."""
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
         last = last_complete_checkpoint(output_dir)
         if last is None:
-            raise ValueError(f"No complete checkpoint found in {output_dir} to resume from.")
+            raise ValueError(f"No complete checkpoint found in {output_dir} to resume from. {SAVE_HINT}")
         return last
     if isinstance(resume_from_checkpoint, str) and not checkpoint_is_complete(resume_from_checkpoint):
-        last = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
-        raise ValueError(
-            f"{resume_from_checkpoint} is not a complete checkpoint (no readable trainer_state.json: the run was "
-            f"probably stopped while saving it). Resume from {last or 'an earlier checkpoint'} instead, or pass "
-            "resume_from_checkpoint=True to pick the last complete one."
-        )
+        raise ValueError(not_a_checkpoint(resume_from_checkpoint))
     return resume_from_checkpoint
+
+
+def not_a_checkpoint(folder: str) -> str:
+    """Why `folder` cannot be resumed from, and what to pass instead."""
+    if not os.path.isdir(folder):
+        return f"{folder}: no such folder to resume from."
+    last = last_complete_checkpoint(folder)
+    if last is not None:
+        return (f"{folder} is an output folder, not a checkpoint: resume from {last} (its last complete checkpoint), "
+                "or pass resume_from_checkpoint=True with that output_dir.")  # fmt: skip
+    written = (TRAINER_STATE_NAME, "optimizer", "rng_state", "scheduler")
+    named = re.match(rf"^{PREFIX_CHECKPOINT_DIR}-\d+$", os.path.basename(os.path.normpath(folder)))
+    if named or any(name.startswith(written) for name in os.listdir(folder)):
+        last = last_complete_checkpoint(os.path.dirname(os.path.abspath(folder)))
+        return (f"{folder} is not a complete checkpoint (no readable {TRAINER_STATE_NAME}: the run was stopped while "
+                f"saving it). Resume from {last or 'an earlier checkpoint'} instead, or pass "
+                "resume_from_checkpoint=True to pick the last complete one.")  # fmt: skip
+    return f"{folder} holds no checkpoint (no {TRAINER_STATE_NAME}, no checkpoint-N folder). {SAVE_HINT}"
 
 
 def saved_weight_names(folder: str) -> set[str] | None:

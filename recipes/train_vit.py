@@ -52,7 +52,8 @@ EMBEDDED_NAME = "scikit-learn digits (embedded)"
 ALWAYS_DEFAULTS = {
     "output_dir": "outputs/train_vit",
     "eval_strategy": "epoch",
-    "save_strategy": "no",
+    "save_strategy": "epoch",  # a stopped run resumes with --resume_from_checkpoint true
+    "save_total_limit": 2,
     "logging_steps": 10,
     "remove_unused_columns": False,  # the transforms need the image column
     "report_to": "none",
@@ -214,6 +215,14 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
         raw = load_dataset(
             data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, streaming=streaming
         )
+    elif data_args.train_dir is not None and split_folders(data_args.train_dir):
+        if data_args.validation_dir is not None:
+            raise ValueError(
+                f"--train_dir {data_args.train_dir} holds split sub-folders ({', '.join(split_folders(data_args.train_dir))}), "
+                "read as those splits, and --validation_dir names another validation split: drop --validation_dir."
+            )
+        raw = load_dataset("imagefolder", data_dir=data_args.train_dir, cache_dir=model_args.cache_dir,
+                           streaming=streaming)  # fmt: skip
     elif data_args.train_dir is not None:
         check_image_folder(data_args.train_dir, "--train_dir")
         files = {"train": os.path.join(data_args.train_dir, "**")}
@@ -264,6 +273,28 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
             if name in raw:
                 raw[name] = raw[name].select(range(min(data_args.max_eval_samples, len(raw[name]))))
     return raw
+
+
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+               "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "test",
+               "evaluation": "test"}  # fmt: skip
+"""Sub-folder names `datasets`' imagefolder reads as splits (and the split each becomes)."""
+
+
+def split_folders(path: str) -> list[str]:
+    """The split sub-folders (`train/`, `validation/`, `test/`, ...) of an imagefolder, [] when it has none; a folder
+    mixing split and class sub-folders is refused (its test images would be trained on as a class)."""
+    root = Path(path)
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    splits = [name for name in folders if name.lower() in SPLIT_NAMES]
+    if splits and len(splits) < len(folders):
+        raise ValueError(
+            f"{path} mixes split sub-folders ({', '.join(splits)}) with class sub-folders "
+            f"({', '.join(sorted(set(folders) - set(splits)))}): put every class folder inside {path}/train/."
+        )
+    if splits and "train" not in {SPLIT_NAMES[name.lower()] for name in splits}:
+        raise ValueError(f"{path} holds split sub-folders ({', '.join(splits)}) but no train/: add {path}/train/<class>/.")
+    return splits
 
 
 def check_image_folder(path: str, flag: str) -> None:

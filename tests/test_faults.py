@@ -60,3 +60,19 @@ def test_a_path_to_a_half_written_checkpoint_is_refused(tmp_path):
     trainer = CSKDTrainer(model=make_vit(), args=training_args(tmp_path), train_dataset=make_image_dataset())
     with pytest.raises(ValueError, match="checkpoint-3 is not a complete checkpoint.*Resume from an earlier"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+
+
+def test_resume_errors_say_what_the_folder_is_and_name_save_strategy(tmp_path):
+    trainer = CSKDTrainer(model=make_vit(), args=training_args(tmp_path), train_dataset=make_image_dataset())
+    out = tmp_path / "out"  # a run with save_strategy "no": the final model only
+    trainer.save_model(str(out))
+    with pytest.raises(ValueError, match=r"No complete checkpoint found in .*--save_strategy epoch"):
+        trainer.train(resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match=r"out holds no checkpoint .*--save_strategy epoch"):
+        trainer.train(resume_from_checkpoint=str(out))
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"out is an output folder, not a checkpoint: resume from .*checkpoint-2"):
+        trainer.train(resume_from_checkpoint=str(out))
+    with pytest.raises(ValueError, match="no such folder"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "missing"))
