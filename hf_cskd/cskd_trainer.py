@@ -1,7 +1,8 @@
 """`CSKDTrainer`: a `Trainer` that adds the class-wise self-knowledge-distillation term.
 
 It extends `Trainer` through the hooks TRL's trainers use (`compute_loss`, `log`, `train`,
-`get_train_dataloader`, `save_model`, `create_model_card`, `push_to_hub`, `init_hf_repo`) and keeps
+`get_train_dataloader`, `get_eval_dataloader`, `get_test_dataloader`, `save_model`, `create_model_card`,
+`push_to_hub`, `init_hf_repo`) and keeps
 `Trainer`'s own checkpoint format, so plain `Trainer` resumes a `CSKDTrainer` checkpoint and the
 reverse. The private `Trainer` methods it overrides, each a small addition around `super()`:
 

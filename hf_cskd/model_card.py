@@ -287,7 +287,9 @@ def training_card(
     mixing = None
     if cskd.mixup_alpha > 0 or cskd.cutmix_alpha > 0:
         mixing = {"mixup_alpha": cskd.mixup_alpha, "cutmix_alpha": cskd.cutmix_alpha,
-                  "switch_prob": cskd.mixup_switch_prob, "prob": cskd.mixup_prob}  # fmt: skip
+                  "switch_prob": cskd.mixup_switch_prob, "prob": cskd.mixup_prob,
+                  "unmixed_share": cskd.cskd_queue_unmixed_share if cskd.cskd_lambda > 0 and cskd.cskd_mode == "queue"
+                  else None}  # fmt: skip
     if results is None:
         latest = latest_eval_metrics(log_history)
         results = {"CS-KD" if cskd.cskd_lambda > 0 else "cross-entropy": latest} if latest else {}

@@ -293,7 +293,9 @@ def split_folders(path: str) -> list[str]:
             f"({', '.join(sorted(set(folders) - set(splits)))}): put every class folder inside {path}/train/."
         )
     if splits and "train" not in {SPLIT_NAMES[name.lower()] for name in splits}:
-        raise ValueError(f"{path} holds split sub-folders ({', '.join(splits)}) but no train/: add {path}/train/<class>/.")
+        raise ValueError(
+            f"{path} holds split sub-folders ({', '.join(splits)}) but no train/: add {path}/train/<class>/."
+        )
     return splits
 
 

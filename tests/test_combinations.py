@@ -113,6 +113,9 @@ def test_single_process_case(tmp_path, case):
         assert all(torch.equal(expected[k], got[k]) for k in expected), "resume differs from the uninterrupted run"
 
     check_calibration_is_true(trainer, tmp_path / "calibrated")
+    trainer.create_model_card()  # the card states the queue's unmixed rows exactly when there were some
+    card = (Path(trainer.args.output_dir) / "README.md").read_text()
+    assert ("only their predictions entered the CS-KD queue" in card) == (mode == "queue" and bool(mixing))
 
 
 @pytest.mark.parametrize("case", [case for case in SINGLE if "ga4" in case[1]], ids=case_id)

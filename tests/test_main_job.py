@@ -297,7 +297,9 @@ def test_a_train_dir_with_split_folders_is_read_as_those_splits(tmp_path):
     root = tmp_path / "data"
     for split, per_class in (("train", 8), ("validation", 4), ("test", 3)):
         write_imagefolder(root / split, ["ant", "bee"], per_class=per_class)
-    trainer = train_vit.main([*FAST, "--max_steps", "1", "--train_dir", str(root), "--output_dir", str(tmp_path / "out")])
+    trainer = train_vit.main(
+        [*FAST, "--max_steps", "1", "--train_dir", str(root), "--output_dir", str(tmp_path / "out")]
+    )
     assert len(trainer.train_dataset) == 16  # train/ only: no validation or test image is trained on
     assert json.loads((tmp_path / "out" / "calibration.json").read_text())["split"] == "validation"
     assert trainer.model.config.id2label == {0: "ant", 1: "bee"}
