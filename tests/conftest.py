@@ -88,17 +88,33 @@ def run_processes(command: list[str], env: dict[str, str]):
     TEARDOWN_ABORT. That abort, after training has ended, happens in about 1 of 15-20 two-process gloo runs on
     2 cores, on the landed code as on this one (issue 18's note); it is not what these tests test."""
     import socket
-    import subprocess
 
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = run_group(command, env)
     if done.returncode != 0 and TEARDOWN_ABORT in done.stderr:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])
         command = list(command)
         command[command.index("--master_port") + 1] = port
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        done = run_group(command, env)
     return done
+
+
+def run_group(command: list[str], env: dict[str, str], timeout: float = 600):
+    """`subprocess.run` in a process group of its own that is killed whole on a timeout: killing torchrun alone
+    leaves its ranks running (seen here: two hung ranks ate both cores for an hour)."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{command[:6]} ran over {timeout:.0f} s (killed with its ranks):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def write_imagefolder(root, classes: list[str], per_class: int = 6, base: float = 60, step: float = 120):

@@ -139,7 +139,7 @@ class Records(logging.Handler):
 @pytest.mark.parametrize("mode, workers", [("pairs", "0"), ("queue", "2")])
 def test_resume_through_the_recipe_ends_at_the_uninterrupted_weights(tmp_path, mode, workers):
     flags = [*FAST, "--cskd_mode", mode, "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2",
-             "--eval_strategy", "no", "--no_calibrate", "--dataloader_num_workers", workers, "--max_train_samples", "64"]  # fmt: skip
+             "--save_total_limit", "3", "--eval_strategy", "no", "--no_calibrate", "--dataloader_num_workers", workers, "--max_train_samples", "64"]  # fmt: skip
     train_vit.main([*flags, "--output_dir", str(tmp_path / "full")])
     resumed = tmp_path / "resumed"
     resumed.mkdir()

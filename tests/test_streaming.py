@@ -3,11 +3,12 @@
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEARDOWN_ABORT, make_image_dataset, make_vit, run_processes, training_args
+from conftest import TEARDOWN_ABORT, make_image_dataset, make_vit, run_group, run_processes, training_args
 from datasets import ClassLabel, Dataset, Value, load_dataset
 from test_recipe import free_port
 from torch.utils.data import DataLoader
@@ -138,3 +139,16 @@ def test_run_processes_reruns_only_a_teardown_abort(tmp_path):
     assert run_processes(command, dict(os.environ)).returncode == 0  # aborted, rerun, passed
     failing = [sys.executable, "-c", "import sys; sys.exit(3)", "--master_port", "1"]
     assert run_processes(failing, dict(os.environ)).returncode == 3
+
+
+def test_a_run_over_its_time_is_killed_with_its_children(tmp_path):
+    """A hung two-process run must not leave its ranks running (they would slow every later test)."""
+    child = "import os, pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(60)"
+    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}, sys.argv[1]]); "
+              "time.sleep(60)")  # fmt: skip
+    with pytest.raises(AssertionError, match="ran over 3 s"):
+        run_group([sys.executable, "-c", parent, str(tmp_path / "pid")], dict(os.environ), timeout=3)
+    pid = int((tmp_path / "pid").read_text())
+    time.sleep(0.5)
+    state = Path(f"/proc/{pid}/stat")
+    assert not state.exists() or state.read_text().split()[2] == "Z"  # gone (or a zombie awaiting its reaper)
