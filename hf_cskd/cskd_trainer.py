@@ -131,7 +131,8 @@ class CSKDTrainer(Trainer):
             self._raw_train_dataset, self._targets_key = self.train_dataset, None
         model = self.accelerator.unwrap_model(self.model)
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        self.data_collator.num_labels = num_labels
+        if isinstance(self.data_collator, DataCollatorForClassPairs):  # it checks labels on the host
+            self.data_collator.num_labels = num_labels
         key = target_source_key(self.cskd, num_labels, self._data_seed, self.accelerator)
         if key != self._targets_key:
             self._targets_key, self._signature_columns = key, None  # the kept columns depend on the source

@@ -161,12 +161,14 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
             if before is not None and not torch.allclose(
                 model_logits(forward(**inputs)), before / temperature, rtol=1e-4, atol=1e-5
             ):
-                for parameter, original in originals:
-                    parameter.copy_(original)
                 raise ValueError(
                     f"Scaling the head of {type(model).__name__} did not scale its logits by 1/T; the model was left "
                     "unchanged. Divide the logits by the temperature at inference instead."
                 )
+    except BaseException:  # whatever failed, the head is restored exactly: a record can say "not baked"
+        for parameter, original in originals:
+            parameter.data.copy_(original)
+        raise
     finally:
         model.train(was_training)
     config = getattr(model, "config", None)

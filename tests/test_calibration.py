@@ -128,6 +128,30 @@ def test_baked_checkpoint_returns_logits_divided_by_t(tmp_path, family):
     assert reloaded.config.calibration_temperature == pytest.approx(2.5)
 
 
+def test_a_failure_while_baking_restores_the_head_exactly():
+    """A forward that fails after the head was divided (the check's second forward) leaves the head as it was, so
+    `calibrate()` can record "not baked" truthfully."""
+
+    class FailsTheCheck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("Config", (), {"num_labels": 3})()
+            self.classifier = nn.Linear(4, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            return (self.classifier(x),)
+
+    model = FailsTheCheck()
+    weight, bias = model.classifier.weight.clone(), model.classifier.bias.clone()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        bake_temperature(model, 2.0, example_inputs={"x": torch.randn(5, 4)})
+    assert torch.equal(model.classifier.weight, weight) and torch.equal(model.classifier.bias, bias)
+
+
 def test_head_that_cannot_absorb_a_temperature_is_refused():
     class Squashed(nn.Module):
         def __init__(self):
