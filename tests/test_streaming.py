@@ -152,3 +152,15 @@ def test_a_run_over_its_time_is_killed_with_its_children(tmp_path):
     time.sleep(0.5)
     state = Path(f"/proc/{pid}/stat")
     assert not state.exists() or state.read_text().split()[2] == "Z"  # gone (or a zombie awaiting its reaper)
+
+
+def test_queue_mode_on_a_stream_refuses_a_bad_label_on_the_host(tmp_path):
+    """A stream's labels cannot be checked up front: the collator checks each batch on the host (no device sync)."""
+    labels = [0, 1, 2, 5, 0, 1, 2, 0]
+    rows = Dataset.from_dict({"pixel_values": torch.randn(8, 1, 8, 8).tolist(), "label": labels}).with_format("torch")
+    trainer = CSKDTrainer(model=make_vit(), args=training_args(tmp_path, cskd_mode="queue", max_steps=2),
+                          train_dataset=rows.to_iterable_dataset())  # fmt: skip
+    with pytest.raises(ValueError, match=r"A batch has labels in \[0, 5\], outside \[0, 3\)\. Drop unlabeled"):
+        trainer.train()
+    collate = DataCollatorForClassPairs(num_labels=3)
+    assert collate([{"labels": torch.tensor(2)}])["labels"].tolist() == [2]  # in range: passes
