@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from transformers import ViTImageProcessorPil, default_data_collator
 
 from hf_cskd import ClassPairedDataset, DataCollatorForClassPairs
-from hf_cskd.image_transforms import train_transform
-from hf_cskd.stream_pairing import StreamPairedDataset
-from hf_cskd.targets import ExampleIdDataset
+from hf_cskd.data.transforms import train_transform
+from hf_cskd.targets.queue import ExampleIdDataset
+from hf_cskd.targets.stream_pairing import StreamPairedDataset
 
 DIGITS = Path(__file__).resolve().parents[1] / "recipes" / "data" / "digits" / "train.parquet"
 

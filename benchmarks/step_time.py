@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from hf_cskd import CSKDConfig, CSKDTrainer, class_wise_kd_loss
-from hf_cskd.collator import EXAMPLE_ID_KEY
+from hf_cskd.targets.collator import EXAMPLE_ID_KEY
 
 BATCH, NUM_LABELS, IMAGE = 64, 10, 32
 KINDS = ("trainer", "cskd", "queue", "floor")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from datasets import load_dataset
 
-from hf_cskd.class_queue import ClassQueue
+from hf_cskd.targets.class_queue import ClassQueue
 
 DIGITS = Path(__file__).resolve().parents[1] / "recipes" / "data" / "digits" / "train.parquet"
 

@@ -1,11 +1,11 @@
 """hf-cskd: Class-wise Self-Knowledge Distillation (CS-KD) for Hugging Face `Trainer`."""
 
-from .collator import DataCollatorForClassPairs
-from .cskd_config import CSKDConfig
-from .cskd_trainer import CSKDTrainer
-from .losses import class_wise_kd_loss
-from .modeling_cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification  # registers Auto*
-from .pairing import ClassPairedDataset
+from .losses.cskd import class_wise_kd_loss
+from .models.modeling_cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification  # registers Auto*
+from .targets.collator import DataCollatorForClassPairs
+from .targets.pairing import ClassPairedDataset
+from .trainer.cskd_config import CSKDConfig
+from .trainer.cskd_trainer import CSKDTrainer
 
 __version__ = "0.1.0"
 

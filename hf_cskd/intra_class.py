@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classifier_head import find_classifier_layers
+from .models.classifier_head import find_classifier_layers
 
 
 def intra_class_variation(features: Any, labels: Any) -> dict[str, float]:

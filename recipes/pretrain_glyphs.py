@@ -25,8 +25,8 @@ import transformers
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
-from hf_cskd.calibration import compute_metrics
-from hf_cskd.image_transforms import eval_transform, train_transform
+from hf_cskd.calibration.metrics import compute_metrics
+from hf_cskd.data.transforms import eval_transform, train_transform
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from glyphs import CLASSES, glyph_dataset  # noqa: E402

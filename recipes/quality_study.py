@@ -75,10 +75,10 @@ from transformers import (
 )
 
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
-from hf_cskd.calibration import calibration_metrics
-from hf_cskd.image_transforms import eval_transform, input_spec
+from hf_cskd.calibration.metrics import calibration_metrics
+from hf_cskd.calibration.temperature import fit_temperature
+from hf_cskd.data.transforms import eval_transform, input_spec
 from hf_cskd.intra_class import intra_class_variation, penultimate_features
-from hf_cskd.temperature_scaling import fit_temperature
 
 RECIPES = Path(__file__).parent
 DIGITS = RECIPES / "data" / "digits"

@@ -26,9 +26,9 @@ from datasets import ClassLabel, load_dataset
 from transformers import HfArgumentParser, ViTImageProcessorPil
 
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
-from hf_cskd.calibration import make_compute_metrics
-from hf_cskd.image_transforms import eval_transform, train_transform
-from hf_cskd.seeded_rows import SeededRows
+from hf_cskd.calibration.metrics import make_compute_metrics
+from hf_cskd.data.seeded_rows import SeededRows
+from hf_cskd.data.transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,12 @@ from datasets import ClassLabel, DatasetDict, IterableDatasetDict, load_dataset
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_cskd import CSKDConfig, CSKDTrainer
-from hf_cskd.calibration import calibration_metrics, make_compute_metrics, plot_reliability_diagram
-from hf_cskd.data_errors import ExampleLoadError, NamedRows
-from hf_cskd.image_transforms import (
+from hf_cskd.calibration.diagram import plot_reliability_diagram
+from hf_cskd.calibration.metrics import calibration_metrics, make_compute_metrics
+from hf_cskd.calibration.temperature import CalibrationNotApplied
+from hf_cskd.data.errors import ExampleLoadError, NamedRows
+from hf_cskd.data.seeded_rows import SeededRows
+from hf_cskd.data.transforms import (
     InputSpec,
     describe_train_augmentation,
     eval_transform,
@@ -38,10 +41,8 @@ from hf_cskd.image_transforms import (
     train_transform,
     with_input_size,
 )
-from hf_cskd.pretrained import load_image_classifier, load_teacher
-from hf_cskd.seeded_rows import SeededRows
-from hf_cskd.stream_pairing import StreamPairedDataset
-from hf_cskd.temperature_scaling import CalibrationNotApplied
+from hf_cskd.models.pretrained import load_image_classifier, load_teacher
+from hf_cskd.targets.stream_pairing import StreamPairedDataset
 
 logger = logging.getLogger(__name__)
 

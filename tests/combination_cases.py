@@ -15,7 +15,7 @@ import torch
 from conftest import make_image_dataset, make_vit, training_args
 from transformers import ViTForImageClassification
 
-import hf_cskd.mixing
+import hf_cskd.losses.mixing
 from hf_cskd import CSKDTrainer
 
 MODES = ("lambda0", "pairs", "queue")
@@ -113,7 +113,7 @@ def final_weights(trainer: CSKDTrainer) -> dict[str, torch.Tensor]:
 class QueuePurityProbe:
     """Checks at every step that each prediction entering the queue came from a row that saw its own image alone.
 
-    It records the batch's images before mixing (`hf_cskd.mixing.mix_pixels`) and what the model was fed (a forward
+    It records the batch's images before mixing (`hf_cskd.losses.mixing.mix_pixels`) and what the model was fed (a forward
     pre-hook), and compares the queue before and after each `ClassQueue.draw_and_push`: every slot written from one
     of this process's rows (`rows`: their slice among the gathered ones) must hold a row whose input was unmixed.
     """
@@ -126,14 +126,14 @@ class QueuePurityProbe:
         self.rows = rows
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.register_forward_pre_hook(self._record_input, with_kwargs=True)
-        self._mix_pixels = hf_cskd.mixing.mix_pixels
-        hf_cskd.mixing.mix_pixels = self._record_original
+        self._mix_pixels = hf_cskd.losses.mixing.mix_pixels
+        hf_cskd.losses.mixing.mix_pixels = self._record_original
         self.queue = trainer.cskd_targets.queue
         self._draw_and_push = self.queue.draw_and_push
         self.queue.draw_and_push = self._check_push
 
     def close(self) -> None:
-        hf_cskd.mixing.mix_pixels = self._mix_pixels
+        hf_cskd.losses.mixing.mix_pixels = self._mix_pixels
 
     def _record_input(self, module, args, kwargs):
         if module.training:
@@ -171,7 +171,7 @@ class QueuePurityProbe:
 
 def logits_of(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """The model's float32 logits (past the autocast wrapper Accelerate puts on `forward` under bf16)."""
-    from hf_cskd.model_outputs import model_logits
+    from hf_cskd.models.outputs import model_logits
 
     model.eval()
     forward = getattr(model, "_original_forward", model.forward)

@@ -20,9 +20,9 @@ from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoModelForImageCl
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from hf_cskd.image_transforms import eval_transform, input_spec, train_transform, with_input_size
+from hf_cskd.calibration.temperature import bake_temperature
+from hf_cskd.data.transforms import eval_transform, input_spec, train_transform, with_input_size
 from hf_cskd.intra_class import penultimate_features
-from hf_cskd.temperature_scaling import bake_temperature
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))

@@ -11,13 +11,9 @@ from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification, ViTForImageClassification
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.calibration import (
-    calibration_metrics,
-    evaluate_module_path,
-    plot_reliability_diagram,
-    reliability_bins,
-)
-from hf_cskd.temperature_scaling import bake_temperature, find_classifier_layers, fit_temperature
+from hf_cskd.calibration.diagram import plot_reliability_diagram
+from hf_cskd.calibration.metrics import calibration_metrics, evaluate_module_path, reliability_bins
+from hf_cskd.calibration.temperature import bake_temperature, find_classifier_layers, fit_temperature
 
 # Two classes; the first column is the confidence of class 0.
 CONFIDENCE = np.array([0.85, 0.85, 0.87, 0.65, 0.55])
@@ -179,7 +175,7 @@ def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
     first = make_image_dataset(per_class=24).train_test_split(test_size=2 / 3, seed=0, stratify_by_column="label")
     rest = first["test"].train_test_split(test_size=0.5, seed=0, stratify_by_column="label")
     train, held_out, test = first["train"], rest["train"], rest["test"]
-    from hf_cskd.calibration import compute_metrics
+    from hf_cskd.calibration.metrics import compute_metrics
 
     trainer = CSKDTrainer(
         model=make_vit(), args=args, train_dataset=train, eval_dataset=held_out, compute_metrics=compute_metrics

@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from test_recipe import free_port
 from transformers import TrainerCallback
 
-from hf_cskd.temperature_scaling import CalibrationNotApplied
+from hf_cskd.calibration.temperature import CalibrationNotApplied
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = [case for case in CASES if "two_processes" not in case[1]]

@@ -7,9 +7,9 @@ from test_recipe import write_imagefolder
 from transformers import TrainerCallback, ViTImageProcessorPil
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.checkpoints import last_complete_checkpoint
-from hf_cskd.data_errors import ExampleLoadError, NamedRows, source_file, unreadable_rows
-from hf_cskd.image_transforms import train_transform
+from hf_cskd.data.errors import ExampleLoadError, NamedRows, source_file, unreadable_rows
+from hf_cskd.data.transforms import train_transform
+from hf_cskd.trainer.checkpoints import last_complete_checkpoint
 
 
 class TruncateOnFirstSave(TrainerCallback):
@@ -50,7 +50,7 @@ def test_truncated_png_is_named_and_the_checkpoint_resumes_without_it(tmp_path, 
 
 
 def test_an_unreadable_evaluation_example_is_named(tmp_path):
-    from hf_cskd.image_transforms import eval_transform
+    from hf_cskd.data.transforms import eval_transform
 
     root = write_imagefolder(tmp_path / "val", ["ant", "bee"], per_class=4)
     data = load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=str(tmp_path / "cache"))

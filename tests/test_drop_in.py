@@ -1,22 +1,26 @@
 """`CSKDTrainer` as a drop-in for `Trainer`: its arguments, its checkpoints both ways, fresh state per run,
-dtypes, and the pure GA-normalization rules."""
+dtypes, and the loss contract as pure functions."""
 
 import copy
 import dataclasses
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import make_image_dataset, make_vit, training_args
 from safetensors.torch import load_file
 from test_models_and_errors import bert_and_data
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 from transformers.trainer_callback import TrainerState
+from transformers.trainer_pt_utils import LabelSmoother
 
 from hf_cskd import CSKDConfig, CSKDTrainer
-from hf_cskd.checkpoints import TARGETS_NAME, reload_renamed_weights
-from hf_cskd.grad_accumulation import add_loss_terms, kd_denominator, loss_is_scaled_for_ga, normalizes_by_count
-from hf_cskd.stream_pairing import StreamPairedDataset
+from hf_cskd.losses.cskd import class_wise_kd_loss
+from hf_cskd.losses.training_loss import CSKDLoss, StepTerms, cross_entropy_sum
+from hf_cskd.targets.stream_pairing import StreamPairedDataset
+from hf_cskd.trainer.checkpoints import TARGETS_NAME, reload_renamed_weights
 
 
 @dataclasses.dataclass
@@ -135,7 +139,7 @@ def test_each_training_run_starts_with_an_empty_queue(tmp_path):
     assert first[0] == 0.0 and first[-1] > 0  # a new queue finds nothing at the first step, then fills
     trainer.train()  # a second run, as in each trial of `hyperparameter_search` (model_init, then train)
     assert queue_hits(trainer)[:1] == [0.0] and queue_hits(trainer) == first
-    assert len(trainer._cskd_sums.sums) == 0  # nothing left over for the next run's first log
+    assert trainer.cskd_loss.logs.micro_steps == 0  # nothing left over for the next run's first log
 
 
 def test_float64_bert_with_gradient_accumulation(tmp_path):
@@ -151,7 +155,6 @@ def test_float64_bert_with_gradient_accumulation(tmp_path):
         torch.set_default_dtype(previous)
     logs = [log for log in trainer.state.log_history if "cskd_loss" in log]
     assert len(logs) == 3 and all(log["cskd_loss"] > 0 for log in logs)
-    assert trainer._normalizes_by_count is False  # BERT's loss ignores num_items_in_batch, found in float64
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -195,25 +198,26 @@ def test_renamed_weights_are_reloaded_from_sharded_checkpoints(tmp_path):
         assert torch.equal(stale.state_dict()[name], value), name
 
 
-def test_ga_rules_as_pure_functions():
-    assert loss_is_scaled_for_ga(None, True, 16, False) and not loss_is_scaled_for_ga(None, True, None, False)
-    assert loss_is_scaled_for_ga(None, False, None, True) and loss_is_scaled_for_ga(True, False, None, False)
-    assert not loss_is_scaled_for_ga(False, True, 16, True)  # Trainer.loss_is_scaled_for_ga decides (>= 5.19)
-    assert kd_denominator(4, 16, scaled_for_ga=False, by_count=True, accumulation_steps=4) == 4
-    assert kd_denominator(4, None, scaled_for_ga=True, by_count=True, accumulation_steps=4) == 16
-    assert kd_denominator(4, 16, scaled_for_ga=True, by_count=True, accumulation_steps=4, loss_scale=2) == 8
-    assert kd_denominator(4, 16, scaled_for_ga=True, by_count=False, accumulation_steps=4, loss_scale=2) == 2
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]])
-    labels = torch.tensor([0, 1, 1, 0])
-    total = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
-    assert normalizes_by_count(total / 16, logits, labels, 16) is True
-    assert normalizes_by_count(total / 4, logits, labels, torch.tensor(16)) is False
-    assert normalizes_by_count(total / 4, logits, labels, 4) is None  # same count: cannot tell
-    assert normalizes_by_count((total / 16).double(), logits.double(), labels, torch.tensor(16.0)) is True
-    # Not scaled, 4 accumulation steps: 0.5 + 2 · 6/4 = 3.5 for the step; logged per optimizer step (/4).
-    loss, logged = add_loss_terms(torch.tensor(0.5), {"cskd_loss": (2.0, torch.tensor(6.0))}, 4, False, 4)
-    assert loss.item() == 3.5 and logged["ce_loss"].item() == 0.125 and logged["cskd_loss"].item() == 0.375
-    loss, logged = add_loss_terms(torch.tensor(0.5), {"a": (1.0, torch.tensor(8.0)), "b": (0.5, torch.tensor(4.0))},
-                                  16, True, 4)  # fmt: skip
-    assert loss.item() == 0.5 + 0.5 + 0.125  # scaled: the terms are already per optimizer step
-    assert {name: value.item() for name, value in logged.items()} == {"ce_loss": 0.5, "a": 0.5, "b": 0.25}
+def test_the_loss_contract_as_pure_functions():
+    """`CSKDLoss` is Trainer's custom-loss contract: sums over the micro-batch divided by `num_items_in_batch`."""
+    generator = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(6, 4, generator=generator), torch.randn(6, 4, generator=generator)
+    labels = torch.tensor([0, 1, 2, 3, -100, 1])  # -100: a row without a label, as Trainer counts them
+    smoothed = LabelSmoother(epsilon=0.1)({"logits": logits}, labels)  # transformers' own label smoothing
+    torch.testing.assert_close(cross_entropy_sum(logits, labels, None, 0.1) / 5, smoothed)
+    ce_sum = F.cross_entropy(logits, labels, reduction="sum", ignore_index=-100)
+    torch.testing.assert_close(CSKDLoss()({"logits": logits}, labels, num_items_in_batch=torch.tensor(20)), ce_sum / 20)
+    torch.testing.assert_close(CSKDLoss()({"logits": logits}, labels), ce_sum / 5)  # evaluation: a batch mean
+    loss_func = CSKDLoss()
+    loss_func.step = StepTerms(SimpleNamespace(cskd_temperature=2.0, cskd_lambda=3.0),
+                               targets=lambda *_: (target, {}), accumulation_steps=4)  # fmt: skip
+    kd_sum = class_wise_kd_loss(logits, target, 2.0) * 6
+    # No count from Trainer: this micro-batch's 5 labelled rows x 4 accumulation steps.
+    torch.testing.assert_close(loss_func((logits,), labels), (ce_sum + 3.0 * kd_sum) / 20)
+    assert loss_func.step is None  # one use per forward: the next call (evaluation) is the plain loss
+    logs = loss_func.logs.pop(lambda value, how: value)
+    assert logs == pytest.approx({"ce_loss": (ce_sum / 5).item(), "cskd_loss": (kd_sum / 5).item()})
+    # A user's own loss takes the cross-entropy's place; the terms are added to it.
+    loss_func = CSKDLoss(base=lambda outputs, labels, num_items_in_batch=None: outputs[0].sum() * 0 + 7.0)
+    loss_func.step = StepTerms(SimpleNamespace(cskd_temperature=2.0, cskd_lambda=3.0), targets=lambda *_: (target, {}))
+    torch.testing.assert_close(loss_func((logits,), labels, torch.tensor(10)), 7.0 + 3.0 * kd_sum / 10)

@@ -13,7 +13,7 @@ from conftest import make_image_dataset, make_vit, training_args
 from safetensors.torch import load_file
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.checkpoints import checkpoint_is_complete, last_complete_checkpoint
+from hf_cskd.trainer.checkpoints import checkpoint_is_complete, last_complete_checkpoint
 
 SCRIPT = Path(__file__).parent / "scripts" / "killed_run.py"
 

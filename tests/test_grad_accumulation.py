@@ -1,4 +1,4 @@
-"""λ means the same at any gradient accumulation, whether or not the model's loss honours `num_items_in_batch`."""
+"""λ means the same at any gradient accumulation, whether or not the model's own loss honours `num_items_in_batch`."""
 
 import pytest
 import torch
@@ -54,16 +54,17 @@ def sgd_update(tmp_path, family, accumulation, lam, mode="pairs", trainer_cls=CS
     return torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
 
 
-@pytest.mark.parametrize("family, ce_factor", [("vit", 1.0), ("bert", 4.0)])
+@pytest.mark.parametrize("family", ["vit", "bert"])
 @pytest.mark.parametrize("mode", ["pairs", "queue"])
-def test_kd_update_scales_like_the_ce_update(tmp_path, family, ce_factor, mode):
+def test_the_update_is_the_same_at_any_accumulation(tmp_path, family, mode):
     ce = {ga: sgd_update(tmp_path, family, ga, 0.0) for ga in (1, 4)}
-    # λ = 0 keeps plain-Trainer parity, whatever Trainer does with the model's loss at GA = 4.
+    # λ = 0 keeps plain-Trainer parity, whatever Trainer does with the model's loss at GA = 4: ViT's loss honours
+    # num_items_in_batch (the same update as at GA 1), BERT's returns micro-batch means that Trainer sums (4x).
     plain = sgd_update(tmp_path, family, 4, 0.0, trainer_cls=Trainer)
     torch.testing.assert_close(ce[4], plain, rtol=1e-5, atol=1e-7)
-    # ViT's loss honours num_items_in_batch (same CE update at GA 4); BERT's returns micro-batch
-    # means that Trainer sums (4x the CE update).
-    torch.testing.assert_close(ce[4], ce_factor * ce[1], rtol=1e-4, atol=1e-6)
-    kd = {ga: sgd_update(tmp_path, family, ga, 2.0, mode) - ce[ga] for ga in (1, 4)}
-    assert kd[1].abs().max() > 1e-4  # the KD term does move the weights
-    torch.testing.assert_close(kd[4], ce_factor * kd[1], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(ce[4], (1.0 if family == "vit" else 4.0) * ce[1], rtol=1e-4, atol=1e-6)
+    # With λ > 0 the loss is hf-cskd's, on Trainer's contract (sums / num_items_in_batch): the same update at GA 1
+    # and 4 for either model, CE and KD alike, so λ weighs the KD term against the CE as without accumulation.
+    full = {ga: sgd_update(tmp_path, family, ga, 2.0, mode) for ga in (1, 4)}
+    assert (full[1] - ce[1]).abs().max() > 1e-4  # the KD term does move the weights (at GA 1 the CEs agree)
+    torch.testing.assert_close(full[4], full[1], rtol=1e-3, atol=1e-6)

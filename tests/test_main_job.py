@@ -20,10 +20,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
-from hf_cskd.calibration import calibration_metrics
-from hf_cskd.classifier_head import match_head_to_labels
-from hf_cskd.image_transforms import input_spec
-from hf_cskd.pretrained import load_image_classifier, looks_like_a_path
+from hf_cskd.calibration.metrics import calibration_metrics
+from hf_cskd.data.transforms import input_spec
+from hf_cskd.models.classifier_head import match_head_to_labels
+from hf_cskd.models.pretrained import load_image_classifier, looks_like_a_path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -245,12 +245,12 @@ def test_the_augmentation_is_printed_and_written_in_the_card(tmp_path, capsys):
 
 def test_a_head_that_cannot_absorb_the_temperature_leaves_a_saved_raw_model(tmp_path, monkeypatch, capsys):
     """Training is never lost to calibration: the raw model is saved, and the summary and card say why."""
-    import hf_cskd.cskd_trainer
+    import hf_cskd.calibration.temperature
 
     def no_head(model, temperature, example_inputs=None):
         raise ValueError("Could not find the classification head of TestModel")
 
-    monkeypatch.setattr(hf_cskd.cskd_trainer, "bake_temperature", no_head)
+    monkeypatch.setattr(hf_cskd.calibration.temperature, "bake_temperature", no_head)
     out = tmp_path / "out"
     train_vit.main([*FAST, "--max_steps", "2", "--output_dir", str(out)])
     record = json.loads((out / "calibration.json").read_text())

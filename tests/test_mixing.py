@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from conftest import make_image_dataset, make_vit, training_args
 from transformers import AutoModelForImageClassification
 
-import hf_cskd.cskd_trainer
-import hf_cskd.mixing
+import hf_cskd.losses.mixing
+import hf_cskd.losses.training_loss
 from hf_cskd import CSKDTrainer
-from hf_cskd.collator import split_pair_inputs
-from hf_cskd.mixing import Mix, mix_pixels, mixed_target_logits, sample_mix
-from hf_cskd.temperature_scaling import fit_temperature
+from hf_cskd.calibration.temperature import fit_temperature
+from hf_cskd.losses.mixing import Mix, mix_pixels, mixed_target_logits, sample_mix
+from hf_cskd.targets.collator import split_pair_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -89,7 +89,7 @@ def test_mixed_batch_loss_equals_the_hand_computed_soft_labels_and_mixed_targets
     lam, temperature, cskd_lambda = 0.7, 2.0, 1.5
     # Queue mode leaves some rows of each mixed batch unmixed (only they enter the queue): here rows 2, 3, 6, 7.
     rows_mixed = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool) if mode == "queue" else None
-    monkeypatch.setattr(hf_cskd.mixing, "sample_mix", lambda *args: Mix(lam, PERM, mixed=rows_mixed))
+    monkeypatch.setattr(hf_cskd.losses.mixing, "sample_mix", lambda *args: Mix(lam, PERM, mixed=rows_mixed))
     row_lam = torch.full((8,), lam) if rows_mixed is None else torch.where(rows_mixed, lam, 1.0)
     student, reference = warm_vit(warm_state), warm_vit(warm_state)
     cskd = {"cskd_lambda": 0.0} if mode is None else {"cskd_lambda": cskd_lambda, "cskd_mode": mode}
@@ -233,14 +233,14 @@ def test_mixing_on_a_stream(tmp_path, mode):
 
 def test_mixing_under_bf16_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
     seen = []
-    original = hf_cskd.cskd_trainer.class_wise_kd_loss
+    original = hf_cskd.losses.training_loss.class_wise_kd_loss
 
     def spy(logits, targets, *args, **kwargs):
         loss = original(logits, targets, *args, **kwargs)
         seen.append(loss.dtype)
         return loss
 
-    monkeypatch.setattr(hf_cskd.cskd_trainer, "class_wise_kd_loss", spy)
+    monkeypatch.setattr(hf_cskd.losses.training_loss, "class_wise_kd_loss", spy)
     args = training_args(tmp_path, bf16=True, max_steps=3, cskd_mode="pairs", mixup_alpha=0.4,
                          teacher_kd_weight=1.0)  # fmt: skip
     trainer = CSKDTrainer(model=make_vit(seed=4), args=args, train_dataset=make_image_dataset(),

@@ -13,9 +13,10 @@ from test_models_and_errors import bert_and_data
 from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.calibration import compute_metrics, reliability_bins, reliability_gaps
-from hf_cskd.model_card import card_hyperparameters, confidence_statement, hub_id, task_of
-from hf_cskd.temperature_scaling import TemperatureOnBoundError
+from hf_cskd.calibration.diagram import reliability_gaps
+from hf_cskd.calibration.metrics import compute_metrics, reliability_bins
+from hf_cskd.calibration.temperature import TemperatureOnBoundError
+from hf_cskd.hub.model_card import card_hyperparameters, confidence_statement, hub_id, task_of
 
 
 def accuracy_only(prediction):

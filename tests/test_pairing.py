@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
 
 from hf_cskd import ClassPairedDataset, DataCollatorForClassPairs
-from hf_cskd.pairing import ClassIndex
+from hf_cskd.targets.pairing import ClassIndex
 
 
 def labelled(labels, **extra):

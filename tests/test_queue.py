@@ -15,9 +15,9 @@ from test_recipe import free_port
 from test_trainer import grads, official_kd
 
 from hf_cskd import ClassPairedDataset, CSKDTrainer, class_wise_kd_loss
-from hf_cskd.checkpoints import TARGETS_NAME
-from hf_cskd.class_queue import NO_ID, ClassQueue
-from hf_cskd.collator import EXAMPLE_ID_KEY
+from hf_cskd.targets.class_queue import NO_ID, ClassQueue
+from hf_cskd.targets.collator import EXAMPLE_ID_KEY
+from hf_cskd.trainer.checkpoints import TARGETS_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 

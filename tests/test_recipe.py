@@ -14,8 +14,8 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
-import hf_cskd.cskd_trainer
-from hf_cskd.calibration import calibration_metrics
+import hf_cskd.losses.training_loss
+from hf_cskd.calibration.metrics import calibration_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -76,7 +76,7 @@ def test_no_calibrate_writes_no_temperature(tmp_path):
 
 
 def test_a_temperature_on_its_bound_is_not_baked_by_the_recipe(tmp_path, monkeypatch, capsys):
-    import hf_cskd.temperature_scaling as scaling
+    import hf_cskd.calibration.temperature as scaling
 
     low = scaling.TEMPERATURE_BOUNDS[0]
     monkeypatch.setattr(scaling, "fit_temperature", lambda logits, labels: low)  # as on a split without mistakes
@@ -135,7 +135,7 @@ def test_two_processes(tmp_path):
 
 def test_bf16_on_cpu_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
     seen = []
-    original = hf_cskd.cskd_trainer.class_wise_kd_loss
+    original = hf_cskd.losses.training_loss.class_wise_kd_loss
 
     def spy(logits, target_logits, *args, **kwargs):
         loss = original(logits, target_logits, *args, **kwargs)
@@ -150,7 +150,7 @@ def test_bf16_on_cpu_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
         forwards.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         return original_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(hf_cskd.cskd_trainer, "class_wise_kd_loss", spy)
+    monkeypatch.setattr(hf_cskd.losses.training_loss, "class_wise_kd_loss", spy)
     monkeypatch.setattr(ViTForImageClassification, "forward", forward_spy)
     trainer = run(tmp_path, "--bf16", "--use_cpu", "--logging_steps", "1", "--no_calibrate", "--cskd_mode", "pairs")
     assert seen and all(out == torch.float32 for _, out in seen)

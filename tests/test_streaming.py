@@ -14,7 +14,7 @@ from test_recipe import free_port
 from torch.utils.data import DataLoader
 
 from hf_cskd import CSKDTrainer, DataCollatorForClassPairs
-from hf_cskd.stream_pairing import StreamPairedDataset
+from hf_cskd.targets.stream_pairing import StreamPairedDataset
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

@@ -15,7 +15,7 @@ from conftest import make_image_dataset, make_vit, run_processes, training_args
 from safetensors.torch import load_file
 
 from hf_cskd import CSKDTrainer
-from hf_cskd.collator import split_pair_inputs
+from hf_cskd.targets.collator import split_pair_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -63,8 +63,11 @@ def test_teacher_term_equals_the_hand_computed_kl(tmp_path, mode):
             expected = expected + lam * hinton_kd(logits, reference(pixel_values=pair["pixel_values"]).logits, t_cskd)
     # queue mode: the first step's queue is empty, so its CS-KD term is 0
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    sums = trainer._cskd_sums.sums
-    torch.testing.assert_close(sums["teacher_kd_loss"], hinton_kd(logits, teacher_logits, t_teacher).detach())
+    logged = trainer.cskd_loss.logs  # the term as logged: summed over the batch's labelled rows
+    sums = logged.sums
+    torch.testing.assert_close(
+        sums["teacher_kd_loss"] / logged.count, hinton_kd(logits, teacher_logits, t_teacher).detach()
+    )
     assert ("cskd_loss" in sums) == (mode is not None)
 
     # The test can fail: without the teacher the loss is another number.

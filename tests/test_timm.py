@@ -20,8 +20,8 @@ import timm  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline  # noqa: E402
 
-from hf_cskd.classifier_head import find_classifier_layers  # noqa: E402
-from hf_cskd.image_transforms import input_spec  # noqa: E402
+from hf_cskd.data.transforms import input_spec  # noqa: E402
+from hf_cskd.models.classifier_head import find_classifier_layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import train_vit  # noqa: E402
@@ -85,16 +85,16 @@ def test_timm_checkpoint_end_to_end(tmp_path, name):
 
 def test_a_calibrated_timm_checkpoint_carries_the_temperature_in_its_head(tmp_path, monkeypatch):
     """The temperature is baked into timm's classifier: timm itself then gives the calibrated logits."""
-    import hf_cskd.cskd_trainer
+    import hf_cskd.calibration.temperature
 
     source = save_timm_checkpoint(tmp_path / "ckpt")
-    fit = hf_cskd.cskd_trainer.fitted_calibration
+    fit = hf_cskd.calibration.temperature.fitted_calibration
 
     def fixed_temperature(logits, labels, split):  # a random model's fit lands on a bound; bake a known T instead
         record = {key: value for key, value in fit(logits, labels, split).items() if key != "warning"}
         return {**record, "temperature": 2.5}
 
-    monkeypatch.setattr(hf_cskd.cskd_trainer, "fitted_calibration", fixed_temperature)
+    monkeypatch.setattr(hf_cskd.calibration.temperature, "fitted_calibration", fixed_temperature)
     out = tmp_path / "out"
     train_vit.main([*FAST, "--model_name_or_path", str(source), "--ignore_mismatched_sizes", "--output_dir", str(out),
                     "--num_bins", "5"])  # fmt: skip

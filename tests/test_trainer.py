@@ -6,7 +6,7 @@ from conftest import make_image_dataset, make_vit, training_args
 from transformers import Trainer
 
 from hf_cskd import ClassPairedDataset, CSKDTrainer
-from hf_cskd.collator import split_pair_inputs
+from hf_cskd.targets.collator import split_pair_inputs
 
 
 def one_batch(trainer):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from combination_cases import MAX_STEPS, QueuePurityProbe, build, held_out_data  # noqa: E402
 
-from hf_cskd.temperature_scaling import CalibrationNotApplied  # noqa: E402
+from hf_cskd.calibration.temperature import CalibrationNotApplied  # noqa: E402
 
 case_json, output_dir, resume = sys.argv[1], Path(sys.argv[2]), sys.argv[3] or None
 case = tuple(json.loads(case_json))

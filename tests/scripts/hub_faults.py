@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_cskd import CSKDConfig, CSKDTrainer
-from hf_cskd.hub import HubUploadError, push_folder_to_hub
+from hf_cskd.hub.push import HubUploadError, push_folder_to_hub
 
 ALICE = "hf_alice_write_token"
 out, phase = Path(sys.argv[1]), sys.argv[2]

@@ -15,7 +15,7 @@ sys.path.insert(0, str(RECIPES))
 import pretrain_glyphs  # noqa: E402
 import train_vit  # noqa: E402
 
-from hf_cskd.hub import push_folder_to_hub  # noqa: E402
+from hf_cskd.hub.push import push_folder_to_hub  # noqa: E402
 
 out = Path(sys.argv[1])
 pretrained = pretrain_glyphs.main(["--per_class", "2", "--eval_per_class", "1", "--max_steps", "2",

@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from hf_cskd import CSKDConfig, CSKDTrainer
-from hf_cskd.calibration import compute_metrics
-from hf_cskd.hub import push_folder_to_hub
+from hf_cskd.calibration.metrics import compute_metrics
+from hf_cskd.hub.push import push_folder_to_hub
 
 ALICE, BOB = "hf_alice_write_token", "hf_bob_write_token"
 out = Path(sys.argv[1])

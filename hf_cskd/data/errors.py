@@ -46,7 +46,7 @@ def describe_failure(dataset: Any, split: str, index: int, error: BaseException)
     where = f"row {index} of the {split} split" + (f" (file {path})" if path else "")
     return (
         f"Could not load {where}: {type(error).__name__}: {error}. Fix or remove that file, or drop every unreadable "
-        "row at once: `bad = hf_cskd.data_errors.unreadable_rows(dataset)`, then "
+        "row at once: `bad = hf_cskd.data.errors.unreadable_rows(dataset)`, then "
         "`dataset = dataset.select(sorted(set(range(len(dataset))) - set(bad)))`. Training can then go on from the "
         "last checkpoint (`resume_from_checkpoint=True`)."
     )

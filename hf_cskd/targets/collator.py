@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from transformers import default_data_collator
 
-from .pairing import LABEL_RANGE_FIX, PAIR_PREFIX, allowed_labels
+from ..data.labels import LABEL_RANGE_FIX, allowed_labels
+from .pairing import PAIR_PREFIX
 
 EXAMPLE_ID_KEY = "cskd_example_id"
 """The row index of each example, carried in queue mode so that no anchor is distilled from itself."""

@@ -1,6 +1,7 @@
 """Publishing a trained folder to the Hub: weights, config, processor, card, diagram; no pickles."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -99,14 +100,17 @@ def _head(api: HfApi, repo_id: str, revision: str | None) -> str | None:
 UNKNOWN = "unknown"
 
 
-def upload_or_explain(upload: Callable[[], T], api: HfApi, repo_id: str, revision: str | None = None) -> T:
+def upload_or_explain(upload: Callable[[], T], api: HfApi | None, repo_id: str, revision: str | None = None,
+                      token: str | None = None) -> T:  # fmt: skip
     """Run `upload`; when it fails for good, say what to do and whether anything reached the Hub.
 
     huggingface_hub already retries server errors (5xx) and dropped connections a bounded number
     of times (5 retries, waiting 1 to 8 s); a failure that outlasts them becomes a `HubUploadError`
     that compares the repository's head commit before and after. 401/403 become the
-    `PermissionError`s of `hub_permission_error`. Local files are never touched.
+    `PermissionError`s of `hub_permission_error`. Local files are never touched. `api` defaults to an
+    `HfApi(token=token)`.
     """
+    api = api if api is not None else HfApi(token=token)
     before = _head(api, repo_id, revision)
     try:
         return upload()
@@ -127,7 +131,7 @@ def upload_or_explain(upload: Callable[[], T], api: HfApi, repo_id: str, revisio
             )
         raise HubUploadError(
             f"Uploading to {repo_id!r} failed, retries included: {error}. {what} Your local output is unchanged; run "
-            "the push again later (e.g. `hf_cskd.hub.push_folder_to_hub(output_dir, repo_id)`).",
+            "the push again later (e.g. `hf_cskd.hub.push.push_folder_to_hub(output_dir, repo_id)`).",
             reached,
         ) from error
 
@@ -148,3 +152,12 @@ def hub_permission_error(error: HfHubHTTPError, repo_id: str) -> Exception:
             "local output is unchanged."
         )
     return error
+
+
+@contextmanager
+def explained_refusals(repo_id: str) -> Iterator[None]:
+    """Run a block that talks to the Hub; a 401/403 becomes the `PermissionError` of `hub_permission_error`."""
+    try:
+        yield
+    except HfHubHTTPError as error:
+        raise hub_permission_error(error, repo_id) from error

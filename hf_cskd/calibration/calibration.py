@@ -1,13 +1,14 @@
 """Calibration metrics (accuracy, ECE, MCE, NLL, Brier) as an `evaluate` module.
 
-Load it offline with `evaluate.load(hf_cskd.calibration.evaluate_module_path())`; predictions are
+Load it offline with `evaluate.load(hf_cskd.calibration.metrics.evaluate_module_path())`
+(`evaluate` needs the file named as its folder); predictions are
 logits (one list of floats per example), references are class indices.
 """
 
 import datasets
 import evaluate
 
-from hf_cskd.calibration import DEFAULT_NUM_BINS, calibration_metrics
+from hf_cskd.calibration.metrics import DEFAULT_NUM_BINS, calibration_metrics
 
 _DESCRIPTION = "Top-1 accuracy, expected and maximum calibration error (equal-width bins), NLL and Brier score."
 _KWARGS_DESCRIPTION = """

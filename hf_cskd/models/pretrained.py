@@ -13,8 +13,8 @@ from typing import Any
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 from transformers.utils import logging
 
+from ..hub.model_card import hub_id
 from .classifier_head import match_head_to_labels
-from .model_card import hub_id
 
 logger = logging.get_logger(__name__)
 

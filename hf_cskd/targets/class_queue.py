@@ -12,7 +12,7 @@ logits from all processes before `draw_and_push`, so that every process holds th
 
 import torch
 
-from .pairing import MASK64, splitmix64
+from ..data.seeded_rows import MASK64, splitmix64
 
 MAX_QUEUE_BYTES = 2 * 1024**3
 """Refuse queues larger than this (2 GiB: about 8,000 classes at K = 8): they live on the model's device."""

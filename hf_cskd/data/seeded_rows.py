@@ -11,8 +11,17 @@ from typing import Any
 
 import torch
 
-from .data_errors import NamedRows, fetch_rows
-from .pairing import MASK64, splitmix64
+from .errors import NamedRows, fetch_rows
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    """A fast, well-mixed 64-bit hash (Steele et al.), so pairs need no shared RNG state."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
 
 
 def row_generator(seed: int, epoch: int, row: int) -> torch.Generator:

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -127,20 +126,6 @@ def mixed_target_logits(
     if has_target is not None:
         keep = keep | ~(has_target & has_target[perm.to(has_target.device)]).to(targets.device)
     return torch.where(keep[:, None], targets, mixed)
-
-
-def mixed_label_loss(
-    own_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mix: Mix, denominator: Any,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:  # fmt: skip
-    """The soft-label cross-entropy of a mixed batch, `Σ_i λ_i·CE(y_i) + (1−λ_i)·CE(y_{p(i)})` normalized as `Trainer`
-    normalizes the model's own loss (`own_loss`, `Σ_i CE(y_i) / denominator`; `grad_accumulation.kd_denominator`):
-    `own_loss + Σ_i (1−λ_i)·(CE(y_{p(i)}) − CE(y_i)) / denominator`. λ_i = 1 for rows left unmixed."""
-    logits = logits.float()
-    own = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
-    partner = F.cross_entropy(logits, labels[mix.perm.to(labels.device)], reduction="none",
-                              label_smoothing=label_smoothing)  # fmt: skip
-    return own_loss + ((1.0 - mix.row_lam(logits.device)) * (partner - own)).sum() / denominator
 
 
 class BatchMixer:

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .calibration import MCE_MIN_COUNT
+from ..calibration.metrics import MCE_MIN_COUNT
 
 
 def template_path() -> str:

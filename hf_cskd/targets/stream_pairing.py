@@ -26,8 +26,10 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
+from ..data.labels import DEFAULT_LABEL_COLUMNS, LABEL_RANGE_FIX, allowed_labels
+from ..data.seeded_rows import splitmix64
 from .collator import SELF_PAIR_KEY
-from .pairing import DEFAULT_LABEL_COLUMNS, LABEL_RANGE_FIX, PAIR_PREFIX, allowed_labels, splitmix64
+from .pairing import PAIR_PREFIX
 
 
 def _rank() -> int:

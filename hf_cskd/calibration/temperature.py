@@ -6,6 +6,8 @@ weight and bias by T makes the saved checkpoint calibrated for every plain `from
 or `pipeline` user, with no custom code.
 """
 
+import json
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .calibration import calibration_metrics
-from .classifier_head import find_classifier_layers
-from .model_outputs import model_logits
+from ..models.classifier_head import find_classifier_layers
+from ..models.outputs import model_logits
+from .metrics import calibration_metrics
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The range `fit_temperature` searches. A fit on a bound means the held-out data cannot support a
@@ -176,3 +178,35 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
         # Saved in config.json: how the checkpoint was calibrated (multiplies any earlier scaling).
         config.calibration_temperature = float(getattr(config, "calibration_temperature", 1.0)) * temperature
     return model
+
+
+def calibrate_model(
+    model: nn.Module, logits: Any, labels: Any, example_inputs: dict[str, Any], split: str = "validation",
+    bake_on_bound: bool = False,
+) -> tuple[dict[str, Any], Exception | None]:  # fmt: skip
+    """Fit T on held-out `logits`/`labels` of `model` and bake it into its head; usable without a trainer.
+
+    Returns the record for `calibration.json` and the card, and the error to raise when T was not baked (the model
+    is then exactly as trained, and the record says so): `TemperatureOnBoundError` for a T on a bound of the search
+    (unless `bake_on_bound`), `CalibrationNotApplied` for a head that cannot absorb it, or whatever else failed."""
+    record = fitted_calibration(logits, labels, split)
+    temperature = record["temperature"]
+    if "warning" in record and not bake_on_bound:
+        message = f"{record['warning']} The model was left uncalibrated (bake_on_bound=True bakes it)."
+        return not_baked(record, record["warning"]), TemperatureOnBoundError(message)
+    try:
+        bake_temperature(model, temperature, example_inputs)
+    except Exception as error:  # the model is unchanged (bake_temperature restores it): never claim T
+        reason = f"T = {temperature:.4f} was fitted but not baked into the model: {error}"
+        if isinstance(error, ValueError):
+            wrapped = CalibrationNotApplied(reason)
+            wrapped.__cause__, error = error, wrapped
+        return not_baked(record, reason), error
+    return record, None  # only now: the weights hold T
+
+
+def save_calibration(record: dict[str, Any] | None, folder: str) -> None:
+    """Write `calibration.json` beside the weights (nothing when no calibration was attempted)."""
+    if record is not None:
+        with open(os.path.join(folder, "calibration.json"), "w") as file:
+            json.dump(record, file, indent=2)

@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .class_queue import MAX_QUEUE_BYTES
+from ..targets.class_queue import MAX_QUEUE_BYTES
 
 CSKD_MODES = ("pairs", "queue")
 
@@ -82,7 +82,7 @@ class CSKDConfig(TrainingArguments):
         default=0.0,
         metadata={
             "help": "Mixup: mix each training batch's images with a shuffled copy, λ ~ Beta(α, α) (folded to >= 0.5), "
-            "labels and CS-KD targets mixed alike (hf_cskd.mixing). 0 (the default) turns it off; 0.2-0.4 is usual "
+            "labels and CS-KD targets mixed alike (hf_cskd.losses.mixing). 0 (the default) turns it off; 0.2-0.4 is usual "
             "for fine-tuning, 1.0 in the Mixup paper's CIFAR runs. Needs 4-D `pixel_values`."
         },
     )

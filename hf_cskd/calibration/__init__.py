@@ -1,0 +1,1 @@
+"""Calibration: metrics, temperature scaling baked into the head, the reliability diagram, the `evaluate` module."""

@@ -1,0 +1,1 @@
+"""Data: label reading, bad-file errors, seeded per-row randomness, image transforms."""

@@ -1,0 +1,1 @@
+"""Models: reading logits from any output, checks, loading from the Hub, classifier heads, the CIFAR ResNet."""
