@@ -33,6 +33,8 @@ def test_truncated_png_is_named_and_the_checkpoint_resumes_without_it(tmp_path, 
     transform = train_transform(processor, "image", "label", scale=(0.5, 1.0), horizontal_flip=False)
     victim = source_file(data, 5)
     assert victim.endswith("ant/5.png")
+    picked = data.select([17, 5])  # a lazy row mapping: rows are named through it
+    assert source_file(picked, 1) == victim and source_file(picked, 0) == source_file(data, 17) != victim
     args = training_args(tmp_path, cskd_mode=mode, num_train_epochs=3, save_strategy="steps", save_steps=2,
                          remove_unused_columns=False)  # fmt: skip
     trainer = CSKDTrainer(model=make_vit(num_labels=3, channels=3), args=args, train_dataset=data.with_transform(transform),

@@ -30,12 +30,10 @@ def source_file(dataset: Any, index: int) -> str | None:
 
     if not isinstance(dataset, datasets.Dataset):
         return None
-    row = index
-    indices = getattr(dataset, "_indices", None)
-    if indices is not None:
-        row = indices.column(0)[index].as_py()
-    for name in _media_columns(dataset):
-        value = dataset.data.column(name)[row].as_py()
+    media = _media_columns(dataset)
+    row = dataset.select_columns(media).with_format("arrow")[index : index + 1] if media else None  # undecoded
+    for name in media:
+        value = row.column(name)[0].as_py()
         if isinstance(value, dict) and value.get("path"):
             return value["path"]
     return None

@@ -106,13 +106,10 @@ def read_labels(dataset: Any, label_column: str) -> np.ndarray:
     while isinstance(dataset, NamedRows):  # rows map one-to-one onto the wrapped dataset's
         dataset = dataset.dataset
     if isinstance(dataset, datasets.Dataset):
-        # Straight from the Arrow table: a `set_transform`/`with_transform` never runs and the
-        # image column is never decoded. `select`/`shuffle` leave a lazy indices mapping.
-        column = dataset.data.column(label_column)
-        indices = getattr(dataset, "_indices", None)
-        if indices is not None:
-            column = column.take(indices.column(0))
-        return column.to_numpy(zero_copy_only=False)
+        # The label column alone, as Arrow (public API): a `set_transform`/`with_transform` never runs, the image
+        # column is never decoded, and the lazy row mapping of `select`/`shuffle` is applied.
+        table = dataset.select_columns([label_column]).with_format("arrow")[:]
+        return table.column(label_column).to_numpy(zero_copy_only=False)
     for attribute in ("targets", "labels"):
         values = getattr(dataset, attribute, None)
         if values is not None and not callable(values) and len(values) == len(dataset):

@@ -6,6 +6,8 @@ teacher only ever predicts: eval mode, no gradient, never a submodule of the stu
 its checkpoints or pushes), on the student's device and under the student's mixed precision.
 """
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -56,9 +58,13 @@ def freeze_teacher(teacher: nn.Module, device: torch.device | str) -> nn.Module:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """The teacher's logits for a batch of model inputs (labels left out: the teacher computes no loss)."""
+def teacher_logits(
+    teacher: nn.Module, inputs: dict[str, Any], autocast: Callable[[], AbstractContextManager] = nullcontext
+) -> torch.Tensor:
+    """The teacher's logits for a batch of model inputs (labels left out: the teacher computes no loss), under
+    `autocast()` (the student's mixed precision)."""
     teacher.eval()  # a trainer may have switched every module it knows of back to train mode
-    outputs = teacher(**{k: v for k, v in inputs.items() if k not in ("labels", "label")})
+    with autocast():
+        outputs = teacher(**{k: v for k, v in inputs.items() if k not in ("labels", "label")})
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     return logits.detach()

@@ -91,6 +91,14 @@ class CSKDLoss:
         self.step: StepTerms | None = None
         self.logs = LossTermSums()
 
+    def check_mixing(self, settings: Any) -> bool:
+        """Whether `settings` mix the images; refused with a user's own loss, which cannot be mixed row by row."""
+        mixing = settings.mixup_alpha > 0 or settings.cutmix_alpha > 0
+        if mixing and self.base is not None:
+            raise ValueError("mixup_alpha / cutmix_alpha mix the cross-entropy row by row, which a custom "
+                             "compute_loss_func cannot be: set both to 0, or train without compute_loss_func.")  # fmt: skip
+        return mixing
+
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         step, self.step = self.step, None  # one use per forward
         if step is None and self.base is not None:

@@ -43,5 +43,11 @@ class TargetSource(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
+    def start(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Begin a training run: afresh, or from a checkpoint's `state` (a source that keeps none ignores it)."""
+        self.reset()
+        if state is not None and self.state_dict():
+            self.load_state_dict(state)
+
     def reset(self) -> None:
         """Forget what earlier training runs left (each `train()` call and each search trial starts afresh)."""

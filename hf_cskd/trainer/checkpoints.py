@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -20,6 +21,8 @@ from transformers import PreTrainedModel
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
+
+from ..calibration.temperature import save_calibration
 
 logger = logging.get_logger(__name__)
 
@@ -155,3 +158,11 @@ def quiet_key_report(model: nn.Module, folder: str | None) -> Iterator[None]:
         yield
     finally:
         trainer_logger.removeFilter(key_filter)
+
+
+def save_run_records(args: Any, calibration: dict[str, Any] | None, folder: str) -> None:
+    """Beside the saved weights: the training arguments as JSON (tokens masked; `training_args.bin` is a pickle) and
+    the calibration record, when `calibrate()` ran."""
+    with open(os.path.join(folder, "training_args.json"), "w") as file:
+        file.write(args.to_json_string())
+    save_calibration(calibration, folder)

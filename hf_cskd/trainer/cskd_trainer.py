@@ -1,10 +1,8 @@
 """`CSKDTrainer`: a `Trainer` that adds the class-wise self-knowledge-distillation term.
 
-It extends `Trainer` through its custom-loss contract (`compute_loss_func`, `hf_cskd.losses.training_loss`) and
-public hooks (`compute_loss`, `log`, `train`, the data loaders, `save_model`, `create_model_card`, `push_to_hub`,
-`init_hf_repo`), and keeps `Trainer`'s checkpoint format: plain `Trainer` resumes a `CSKDTrainer` checkpoint and the
-reverse. Calibration and the Hub are delegated to `hf_cskd.calibration` and `hf_cskd.hub`. The private `Trainer`
-methods it overrides, each a small addition around `super()`:
+It extends `Trainer` through its custom-loss contract (`compute_loss_func`: `hf_cskd.losses.training_loss`) and
+public hooks, keeps `Trainer`'s checkpoints (each resumes the other's), and delegates calibration and the Hub to
+`hf_cskd.calibration` and `hf_cskd.hub`. The private `Trainer` methods it overrides, each a few lines around `super()`:
 
 | method | why | known to work with transformers |
 |---|---|---|
@@ -15,6 +13,7 @@ methods it overrides, each a small addition around `super()`:
 """
 
 import os
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from ..calibration.temperature import calibrate_model, save_calibration
+from ..calibration.temperature import calibrate_model
 from ..data.errors import NamedRows, transformed_rows
 from ..hub.model_card import training_card
 from ..hub.push import explained_refusals, upload_or_explain, write_hub_gitignore
@@ -33,35 +32,22 @@ from ..models.outputs import check_single_label_classifier, loss_first
 from ..targets import EpochCallback, QueueTargets, TargetSource, make_target_source, target_source_key
 from ..targets.collator import DataCollatorForClassPairs
 from ..targets.pairing import ClassPairedDataset
-from .checkpoints import complete_checkpoint, load_targets, quiet_key_report, reload_renamed_weights, save_targets
+from . import checkpoints
 from .cskd_config import CSKDConfig, cskd_settings
 
 logger = logging.get_logger(__name__)
 
 
 class CSKDTrainer(Trainer):
-    """`Trainer` with Class-wise Self-Knowledge Distillation (Yun et al., CVPR 2020).
+    """`Trainer` with Class-wise Self-Knowledge Distillation (Yun et al., CVPR 2020): same constructor, data and
+    checkpoints. A training step's loss is `CE + cskd_lambda · class_wise_kd_loss(f(x), target)`, the target a
+    prediction for another example of `x`'s class (`hf_cskd.targets`: the paper's pairs, or a queue), plus a frozen
+    `teacher_model=`'s term and Mixup/CutMix when asked; with none active it is plain `Trainer`, bit for bit.
+    `args` may be any `TrainingArguments` (the CS-KD defaults apply); a `compute_loss_func` of yours takes the
+    cross-entropy's place."""
 
-    A drop-in replacement: same constructor, same data, same checkpoints. Each training step's loss is
-    `CE(f(x), y) + cskd_lambda · class_wise_kd_loss(f(x), target)`, where the target is a prediction for another
-    example of `x`'s class: from a second forward of the same model in train mode, without gradient
-    (`cskd_mode="pairs"`, the paper's: the training set is wrapped in a `ClassPairedDataset`), or drawn from a queue
-    of recent predictions (`"queue"`). `teacher_model=` adds Hinton's distillation from a frozen teacher
-    (`teacher_kd_weight`); `mixup_alpha` / `cutmix_alpha` mix the images, their labels and their CS-KD targets.
-    With none of these active the trainer is plain `Trainer`, bit for bit. Evaluation and prediction are plain.
-
-    `args` may be a `CSKDConfig` or any `TrainingArguments` (kept as given; the CS-KD defaults apply). A
-    `compute_loss_func` of yours takes the cross-entropy's place; the extra terms are added to it.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        args: TrainingArguments | None = None,
-        *pos: Any,
-        teacher_model: nn.Module | None = None,
-        **kw: Any,
-    ):
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pos: Any,
+                 teacher_model: nn.Module | None = None, **kw: Any):  # fmt: skip
         super().__init__(model, args if args is not None else CSKDConfig(output_dir="trainer_output"), *pos, **kw)
         check_single_label_classifier(self.accelerator.unwrap_model(self.model))
         self.teacher_model: nn.Module | None = None  # frozen; never a submodule of the model (never saved, pushed)
@@ -89,14 +75,10 @@ class CSKDTrainer(Trainer):
         """The seed of the data order, which the pairs, the queue's draws and the mixing follow too."""
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
-    # ---- data -------------------------------------------------------------------------------
-
     def _prepare_train_dataset(self) -> None:
-        """Build the target source and the loss for the arguments as they are now, and wrap the training set.
-
-        Called at `__init__` and again when `train()` asks for its data loader, after a hyperparameter-search trial
-        (or the user) set the arguments: a trial that turns λ from 0 to 1 or switches `cskd_mode` gets its own
-        source, data wrapping and collator columns. A training set assigned after `__init__` is wrapped too."""
+        """Build the target source and the loss for the arguments as they are now, and wrap the training set: at
+        `__init__`, and when `train()` asks for its data loader, after a search trial (or the user) set the arguments
+        (λ from 0 to 1, another `cskd_mode`) or assigned another training set."""
         if self.model is None:  # between search trials; `train()` asks again once `model_init` made one
             return
         if self.train_dataset is not self._prepared_train_dataset:  # new data (or the first call)
@@ -112,19 +94,14 @@ class CSKDTrainer(Trainer):
             if self.cskd_targets is not None:
                 dataset = self.cskd_targets.prepare_dataset(dataset)
             self.train_dataset = self._prepared_train_dataset = self._transform_safe(dataset, "train")
-        mixing = self.cskd.mixup_alpha > 0 or self.cskd.cutmix_alpha > 0
-        if mixing and self.cskd_loss.base is not None:
-            raise ValueError("mixup_alpha / cutmix_alpha mix the cross-entropy row by row, which a custom "
-                             "compute_loss_func cannot be: set both to 0, or train without compute_loss_func.")  # fmt: skip
+        mixing = self.cskd_loss.check_mixing(self.cskd)
         extra = self.cskd_targets is not None or self._teacher() is not None or mixing
         # Trainer reads `compute_loss_func` to count `num_items_in_batch` and to leave the loss unscaled for GA.
         self.compute_loss_func = self.cskd_loss if extra else self.cskd_loss.base
         self.cskd_loss.label_smoothing = self.args.label_smoothing_factor
 
     def _transform_safe(self, dataset: Any, split: str) -> Any:
-        """`remove_unused_columns=True` drops a `datasets.Dataset`'s columns before its on-the-fly transform
-        (`with_transform`) reads them (`KeyError: 'image'`); as rows (`NamedRows`), `Trainer` drops the unused
-        keys after the transform instead."""
+        """Rows whose on-the-fly transform still finds its columns under `remove_unused_columns` (`transformed_rows`)."""
         return transformed_rows(dataset, split) if self.args.remove_unused_columns else dataset
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
@@ -153,14 +130,11 @@ class CSKDTrainer(Trainer):
             if self.cskd_targets is not None:
                 self._signature_columns += self.cskd_targets.input_names(self._signature_columns)
 
-    # ---- loss and logs ------------------------------------------------------------------------
-
     def _teacher(self) -> nn.Module | None:
         return self.teacher_model if self.cskd.teacher_kd_weight > 0 else None
 
-    def compute_loss(
-        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:  # fmt: skip
         """`Trainer.compute_loss`; in training with an extra term, the step's terms are prepared for `CSKDLoss`
         first (the source's inputs leave the batch, the images are mixed), which `Trainer` then calls."""
         if model.training and self.compute_loss_func is self.cskd_loss:
@@ -174,19 +148,10 @@ class CSKDTrainer(Trainer):
         mix = self._mixer(inputs, inputs.get("labels"), settings, self._data_seed, self.state.global_step,
                           self.accelerator.process_index, isinstance(source, QueueTargets),
                           self.args.gradient_accumulation_steps)  # fmt: skip
-        seen = dict(inputs)  # the batch as the model sees it (mixed): the teacher's too
-
-        def teacher_target() -> torch.Tensor:
-            with self.accelerator.autocast():  # the student's mixed precision
-                return teacher_logits(teacher, seen)
-
-        return StepTerms(
-            settings, mix,
-            targets=None if source is None else lambda logits, labels, own: source.targets(model, extras, logits,
-                                                                                          labels, own),
-            teacher=None if teacher is None else teacher_target,
-            accumulation_steps=self.current_gradient_accumulation_steps,
-        )  # fmt: skip
+        targets = None if source is None else partial(source.targets, model, extras)
+        # The teacher sees the batch as the model does (mixed), under the student's mixed precision.
+        teacher = None if teacher is None else partial(teacher_logits, teacher, dict(inputs), self.accelerator.autocast)
+        return StepTerms(settings, mix, targets, teacher, self.current_gradient_accumulation_steps)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add `ce_loss`, `cskd_loss` / `teacher_kd_loss` (before their weights) and the source's statistics."""
@@ -194,23 +159,16 @@ class CSKDTrainer(Trainer):
             logs.update(self.cskd_loss.logs.pop(lambda t, how: self.accelerator.reduce(t, how)))
         super().log(logs, start_time)
 
-    # ---- training runs and checkpoints ---------------------------------------------------------
-
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
-        """`Trainer.train`, starting afresh (empty queue), or from the last *complete* checkpoint with `True`.
-
-        A run killed while saving leaves a checkpoint without (or with a truncated) `trainer_state.json`,
-        which `Trainer` writes last: such folders are skipped with a warning (a path to one is refused).
-        """
-        resume_from_checkpoint = complete_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        """`Trainer.train`, afresh (empty queue) or from the last *complete* checkpoint with `True` (one whose
+        `trainer_state.json`, written last, reads back: others are skipped with a warning, a path to one refused)."""
+        resume_from_checkpoint = checkpoints.complete_checkpoint(resume_from_checkpoint, self.args.output_dir)
         self._prepare_train_dataset()  # the arguments may have changed since __init__ (a trial's change again later)
         self.cskd_loss.logs.__init__()  # each run (and search trial) starts with none of the last one's state
         self._mixer = BatchMixer()
-        if self.cskd_targets is not None:
-            self.cskd_targets.reset()
-            state = load_targets(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
-            if state is not None and self.cskd_targets.state_dict():
-                self.cskd_targets.load_state_dict(state)
+        if self.cskd_targets is not None:  # an empty queue, or the checkpoint's
+            resuming = isinstance(resume_from_checkpoint, str)
+            self.cskd_targets.start(checkpoints.load_targets(resume_from_checkpoint) if resuming else None)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self._reload_renamed_weights(self.model, self.state.best_model_checkpoint)
@@ -218,36 +176,30 @@ class CSKDTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         target = model if model is not None else self.model
-        with quiet_key_report(target, resume_from_checkpoint):
+        with checkpoints.quiet_key_report(target, resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._reload_renamed_weights(target, resume_from_checkpoint)
 
     def _reload_renamed_weights(self, model: nn.Module, folder: str) -> None:
         if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):  # their engines load their own shards
-            reload_renamed_weights(model, folder)
+            checkpoints.reload_renamed_weights(model, folder)
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)  # creates output_dir on every process
         if self.args.should_save and self.cskd_targets is not None:
-            save_targets(self.cskd_targets.state_dict(), output_dir)
+            checkpoints.save_targets(self.cskd_targets.state_dict(), output_dir)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`, plus the training arguments as JSON and the calibration record, if any."""
         super().save_model(output_dir, _internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and os.path.isdir(output_dir):
-            with open(os.path.join(output_dir, "training_args.json"), "w") as file:
-                file.write(self.args.to_json_string())  # tokens masked
-            save_calibration(self.calibration, output_dir)
-
-    # ---- calibration, model card, Hub ------------------------------------------------------------
+            checkpoints.save_run_records(self.args, self.calibration, output_dir)
 
     def calibrate(self, eval_dataset: Any = None, split_name: str = "validation", bake_on_bound: bool = False) -> float:
-        """Fit a temperature on held-out data (never the test split) and bake it into the head (logits / T: same
-        predictions, calibrated probabilities); returns T. When T is not baked (`calibration.temperature.
-        calibrate_model`: on a bound of the search unless `bake_on_bound`, or a head that cannot absorb it), the
-        model is left as trained, `self.calibration` records why (for `calibration.json` and the card), and the
-        error says what to do."""
+        """Fit T on held-out data (never the test split), bake it into the head and return it. When T is not baked
+        (`calibration.temperature.calibrate_model` says when) the model stays as trained, `self.calibration` records
+        why (for `calibration.json` and the card), and the error says what to do."""
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError("calibrate() changes the classification head in place, which sharded (FSDP/DeepSpeed) "
                              "models do not allow. Save the model, then calibrate the saved checkpoint in one process.")  # fmt: skip
@@ -259,11 +211,9 @@ class CSKDTrainer(Trainer):
             prediction = self.predict(dataset, metric_key_prefix="calibration")
             batch = self._prepare_inputs(next(iter(self.get_eval_dataloader(dataset))))
             inputs = {k: v for k, v in batch.items() if k not in self.label_names and k != "labels"}
-            logits = prediction.predictions
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            model = self.accelerator.unwrap_model(self.model)
-            self.calibration, error = calibrate_model(model, logits, prediction.label_ids, inputs, split_name,
-                                                      bake_on_bound)  # fmt: skip
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            self.calibration, error = calibrate_model(self.accelerator.unwrap_model(self.model), logits,
+                                                      prediction.label_ids, inputs, split_name, bake_on_bound)  # fmt: skip
         finally:
             self.model.train(was_training)
         if error is not None:
@@ -272,19 +222,14 @@ class CSKDTrainer(Trainer):
         return self.calibration["temperature"]
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """Write the CS-KD model card (`README.md`) to `output_dir`, as `push_to_hub` expects. Takes
-        `Trainer.create_model_card`'s arguments and `hub.model_card.training_card`'s (`results`, `eval_split`, ...)."""
+        """Write the CS-KD card (`README.md`) to `output_dir`; takes `hub.model_card.training_card`'s arguments."""
         if self.is_world_process_zero():
-            card = training_card(
-                self.accelerator.unwrap_model(self.model), self.args, self.cskd, self.state.log_history,
-                calibration=self.calibration, repo_id=self.hub_model_id if self.args.push_to_hub else None,
-                teacher_model=self.teacher_model, **kwargs,
-            )  # fmt: skip
-            card.save(os.path.join(self.args.output_dir, "README.md"))
+            training_card(self.accelerator.unwrap_model(self.model), self.args, self.cskd, self.state.log_history,
+                          calibration=self.calibration, repo_id=self.hub_model_id if self.args.push_to_hub else None,
+                          teacher_model=self.teacher_model, **kwargs).save(os.path.join(self.args.output_dir, "README.md"))  # fmt: skip
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """`Trainer.init_hf_repo`; refusals say what to do, and the pushed folder gets a `.gitignore` that keeps
-        the pickled `training_args.bin` off the Hub."""
+        """`Trainer.init_hf_repo`; refusals say what to do; a `.gitignore` keeps `training_args.bin` off the Hub."""
         with explained_refusals(self.args.hub_model_id or self.args.output_dir):
             super().init_hf_repo(token=token, private=private)
         if self.is_world_process_zero():
