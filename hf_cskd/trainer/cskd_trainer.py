@@ -94,6 +94,8 @@ class CSKDTrainer(Trainer):
             if self.cskd_targets is not None:
                 dataset = self.cskd_targets.prepare_dataset(dataset)
             self.train_dataset = self._prepared_train_dataset = self._transform_safe(dataset, "train")
+        if self.compute_loss_func is not self.cskd_loss:  # a function set after __init__ is the user's too
+            self.cskd_loss.base = self.compute_loss_func
         mixing = self.cskd_loss.check_mixing(self.cskd)
         extra = self.cskd_targets is not None or self._teacher() is not None or mixing
         # Trainer reads `compute_loss_func` to count `num_items_in_batch` and to leave the loss unscaled for GA.
