@@ -249,3 +249,15 @@ def test_mixing_under_bf16_keeps_the_kd_term_in_float32(tmp_path, monkeypatch):
     assert seen == [torch.float32] * 6  # CS-KD and teacher terms, 3 steps
     logs = [log for log in trainer.state.log_history if "teacher_kd_loss" in log]
     assert len(logs) == 3 and all(np.isfinite([log["loss"], log["cskd_loss"]]).all() for log in logs)
+
+
+def test_mixing_refuses_a_custom_loss_function_that_cannot_be_mixed(tmp_path):
+    def mean_ce(outputs, labels, num_items_in_batch=None):
+        return F.cross_entropy(outputs["logits"], labels)
+
+    args = training_args(tmp_path, mixup_alpha=0.4)
+    with pytest.raises(ValueError, match="custom compute_loss_func cannot be: set both to 0"):
+        CSKDTrainer(model=make_vit(), args=args, train_dataset=make_image_dataset(), compute_loss_func=mean_ce)
+    trainer = CSKDTrainer(model=make_vit(), args=training_args(tmp_path), train_dataset=make_image_dataset(),
+                          compute_loss_func=mean_ce)  # fmt: skip
+    assert trainer.compute_loss_func is trainer.cskd_loss and trainer.cskd_loss.base is mean_ce  # composes unmixed
