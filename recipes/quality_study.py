@@ -322,8 +322,16 @@ def provenance(command: str) -> dict:
 
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=RECIPES).stdout.strip()  # noqa: E731
     packages = ("torch", "transformers", "accelerate", "datasets", "numpy", "timm", "torchvision")
+    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in importlib.metadata.distributions()}
+
+    def matches(lock: Path) -> bool:  # every pin of the lock installed at its version (.ci/check_lock.py's rule)
+        pins = [line.split("#")[0].strip().split("==") for line in lock.read_text().splitlines()]
+        return all(installed.get(name.lower().replace("_", "-")) == version for name, version in filter(any, pins))
+
+    locks = [lock.name for lock in sorted(RECIPES.parent.glob("constraints*.txt")) if matches(lock)]
     return {
         "versions": {"python": platform.python_version(), **{name: version(name) for name in packages}},
+        "lock": locks[0] if locks else None,  # the lock file this environment was installed from, if any
         "commit": {
             "sha": git("rev-parse", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
