@@ -32,18 +32,18 @@ two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal
 fine-tuning regimes add cross-entropy from a random initialization (what the pretraining is
 worth). Sensitivity: T in {1, 4, 8} and λ in {0.5, 1, 2} for paper mode (and queue mode in the
 fine-tuning regimes), `--sensitivity_seeds` seeds. Results are appended to
-`results/<regime>.jsonl` as each run ends: an interrupted study resumes where it stopped. The
-report replaces the regime's section of RESULTS.md. Times on 2 CPU cores (the first fine-tuning
-run of a model also pretrains it: ~9 min ResNet, ~12 min ViT):
+`results/<regime>.jsonl` as each run ends, each row with its provenance (versions, the lock file the
+environment matches, commit, command, machine): an interrupted study resumes where it stopped.
+`python recipes/report.py` then writes RESULTS.md from every results file. Times on 2 CPU cores,
+2 runs at a time (the first fine-tuning run of a model also pretrains it: ~9 min ResNet, ~12 min ViT):
 
     python recipes/quality_study.py --regime scratch-cnn          # ~10 min
     python recipes/quality_study.py --regime finetune-vit-10      # ~5 min
     python recipes/quality_study.py --regime finetune-resnet-30   # ~14 min
-    python recipes/quality_study.py --pool finetune-              # the fine-tuning regimes' pairs pooled
-    python recipes/quality_study.py --regime fmnist-lite0-10      # ~40 min (timm environment)
-    python recipes/quality_study.py --regime fmnist-lite0-100     # ~60 min
-    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations   # ~57 min more: reuses the finished runs
-    python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl --output /tmp/r.md
+    python recipes/quality_study.py --regime fmnist-lite0-10 --seeds 10     # timm environment; ~4 min per run
+    python recipes/quality_study.py --regime fmnist-lite0-100 --seeds 10
+    python recipes/quality_study.py --regime fmnist-lite0-100 --combinations   # reuses the finished runs
+    python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl
 """
 
 import argparse
@@ -53,7 +53,6 @@ import json
 import multiprocessing
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -97,6 +96,7 @@ FROM_SCRATCH = "cross-entropy, no pretraining"  # fine-tuning regimes only: what
 # The paper's compatibility claims (--combinations, real regimes): each combination against each method alone.
 MIXUP_ALPHA = 0.4  # a common fine-tuning value (timm's recipes use 0.1-0.8)
 TEACHER_EPOCHS = 2.0  # the teacher: the same checkpoint fine-tuned with cross-entropy for 2x the epochs, same split
+TEACHER = f"teacher: cross-entropy, {TEACHER_EPOCHS:g}x epochs, uncalibrated"  # its result rows (group "teacher")
 COMBINATIONS = {
     "Mixup": {"lambda": 0.0, "mixup_alpha": MIXUP_ALPHA},
     "Mixup + CS-KD queue": {"lambda": 1.0, "mode": "queue", "mixup_alpha": MIXUP_ALPHA},
@@ -107,8 +107,6 @@ COMBINATIONS = {
 
 @dataclass(frozen=True)
 class Regime:
-    title: str
-    model: str  # the model and optimizer, for the report
     per_class: int  # default training images per class
     epochs: int  # default epochs
     pretrained: str | None = None  # "vit" / "resnet": fine-tune a glyph-pretrained checkpoint through train_vit.py
@@ -121,41 +119,22 @@ class Regime:
 REAL = "efficientnet-lite0"  # the real regime: ImageNet weights (recipes/data/efficientnet_lite0.py), real photos
 
 
-FINETUNE_SETUP = (
-    "fine-tuned from the {kind} checkpoint pretrained on glyphs (`{path}`: {glyphs}) through "
-    "`recipes/train_vit.py --model_name_or_path {path} --ignore_mismatched_sizes` (a new 10-class head); AdamW lr "
-    "{lr:g}, weight decay 0.05, batch 32, 10 % warm-up then cosine, images resized to 16x16 with random crops of "
-    "50-100 % of the area"
-)
 FINETUNE_LR = 5e-4
-REAL_SETUP = (
-    "EfficientNet-Lite0 with its ImageNet-1k weights (`{path}`, converted by `recipes/data/efficientnet_lite0.py`), "
-    "fine-tuned through `recipes/train_vit.py --model_name_or_path {path} --ignore_mismatched_sizes --image_size "
-    "{image_size}` (a new 10-class head); AdamW lr {lr:g}, weight decay 0.05, batch {batch}, 10 % warm-up then cosine, "
-    "the recipe's default augmentation (random crops of 8-100 % of the area, horizontal flips), greyscale repeated to "
-    "3 channels"
-)
 REAL_LR = 1e-3
 # Test images per class for the intra-class variation: a stable ratio at a fifth of the cost of the whole split.
 INTRA_CLASS_PER_CLASS = 200
 REGIMES = {
-    "scratch-cnn": Regime("a small ResNet trained from scratch", "the paper's CIFAR ResNet with BatchNorm, narrowed to "
-                          "widths 32-64-128 with one BasicBlock per stage, trained from scratch with SGD Nesterov lr "
-                          "0.05, weight decay 5e-4", 30, 100),
-    "scratch-vit": Regime("a small ViT trained from scratch", "a 4-layer ViT (d = 64, 4 heads, 2x2 patches), trained "
-                          "from scratch with AdamW lr 1e-3, weight decay 0.05", 30, 100),
+    "scratch-cnn": Regime(30, 100),  # the paper's CIFAR ResNet narrowed to 32-64-128; SGD Nesterov lr 0.05, wd 5e-4
+    "scratch-vit": Regime(30, 100),  # a 4-layer ViT (d = 64, 4 heads, 2x2 patches); AdamW lr 1e-3, wd 0.05
     # 10 seeds: with 10 or 30 images per class the seed-to-seed spread of the error is 1-2 points.
     # Queue mode's T and λ too: it is the mode recommended for fine-tuning.
-    **{f"finetune-{kind}-{n}": Regime(f"fine-tuning a pretrained {name}, {n} images per class", FINETUNE_SETUP, n, 30,
-                                      kind, seeds=10, sensitivity_modes=("pairs", "queue"), val_per_class=None)
-       for kind, name in (("vit", "ViT"), ("resnet", "ResNet")) for n in (10, 30)},
-    # The real regime: 64 px and these epochs fit 6 arms x 5 seeds in under an hour on 2 CPU cores each.
-    **{f"fmnist-lite0-{n}": Regime(f"fine-tuning ImageNet EfficientNet-Lite0 on Fashion-MNIST photos, {n} images per "
-                                   "class", REAL_SETUP, n, epochs, REAL, sensitivity_modes=(), val_per_class=50,
-                                   batch_size=16)
+    **{f"finetune-{kind}-{n}": Regime(n, 30, kind, seeds=10, sensitivity_modes=("pairs", "queue"), val_per_class=None)
+       for kind in ("vit", "resnet") for n in (10, 30)},
+    # The real regime: EfficientNet-Lite0's ImageNet-1k weights through recipes/train_vit.py at 64 px; AdamW lr 1e-3,
+    # wd 0.05, batch 16, 10 % warm-up then cosine, the recipe's default augmentation.
+    **{f"fmnist-lite0-{n}": Regime(n, epochs, REAL, sensitivity_modes=(), val_per_class=50, batch_size=16)
        for n, epochs in ((10, 30), (100, 10))},
 }  # fmt: skip
-NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -292,6 +271,8 @@ def run_finetune(job: dict, keep: Path | None = None) -> dict:
             ])  # fmt: skip
         test = json.loads((output_dir / "test_results.json").read_text())
         seconds = json.loads((output_dir / "train_results.json").read_text())["train_runtime"]
+        calibration = output_dir / "calibration.json"  # the validation split's metrics: what a tuned arm selects on
+        fitted = json.loads(calibration.read_text()) if calibration.is_file() else {}
         intra, examples = recipe_intra_class(trainer, test_file), test_examples(test_file)
     metrics = ("accuracy", "ece", "nll")
     return {
@@ -304,6 +285,7 @@ def run_finetune(job: dict, keep: Path | None = None) -> dict:
         "scaled": {m: test[f"test_{m}"] for m in metrics},
         "test_examples": examples,
         "intra_class": intra,
+        "validation": {"raw": fitted.get("before"), "scaled": fitted.get("after")} if fitted else None,
     }
 
 
@@ -352,16 +334,18 @@ def teacher_folder(job: dict) -> str:
 
 
 def train_teacher(job: dict) -> dict:
-    """The seed's teacher: cross-entropy for TEACHER_EPOCHS x the epochs on the seed's split, through the recipe;
-    its test metrics are returned for the report. Kept on disk: a resumed study reuses it."""
+    """The seed's teacher: cross-entropy for TEACHER_EPOCHS x the epochs on the seed's split, through the recipe, left
+    uncalibrated; returned as a result row. Kept on disk: a resumed study reuses it."""
     torch.set_num_threads(1)  # one run per worker and core, as in `run`
     folder = Path(teacher_folder(job))
+    teacher_job = {**job, "group": "teacher", "method": TEACHER, "lambda": 0.0, "label_smoothing": 0.0, "mode": "pairs",
+                   "epochs": round(job["epochs_1x"] * TEACHER_EPOCHS, 2), "teacher": False, "mixup_alpha": 0.0}  # fmt: skip
     if not (folder / "test_results.json").is_file():
-        teacher_job = {**job, "method": "cross-entropy", "lambda": 0.0, "label_smoothing": 0.0, "mode": "pairs",
-                       "epochs": round(job["epochs_1x"] * TEACHER_EPOCHS, 2), "teacher": False, "mixup_alpha": 0.0}  # fmt: skip
         run_finetune(teacher_job, keep=folder)
     test = json.loads((folder / "test_results.json").read_text())
-    return {"seed": job["seed"], "error": 1 - test.get("test_raw_accuracy", test["test_accuracy"])}
+    seconds = json.loads((folder / "train_results.json").read_text())["train_runtime"]
+    return {**teacher_job, "train_seconds": round(seconds, 2), "temperature_fit": None, "scaled": None,
+            "raw": {m: test[f"test_{m}"] for m in ("accuracy", "ece", "nll")}}  # fmt: skip
 
 
 def test_examples(test_file: Path) -> int:
@@ -442,226 +426,6 @@ def job_key(job: dict) -> tuple:
     return tuple(job.get(k) for k in keys)
 
 
-# ---- report ---------------------------------------------------------------------------------
-
-METRICS = {  # column -> (value of a run, scale, digits)
-    "error %": (lambda r: 1 - r["raw"]["accuracy"], 100, 2),
-    "ECE %": (lambda r: r["raw"]["ece"], 100, 2),
-    "NLL": (lambda r: r["raw"]["nll"], 1, 3),
-    "ECE % (TS)": (lambda r: r["scaled"]["ece"], 100, 2),
-    "NLL (TS)": (lambda r: r["scaled"]["nll"], 1, 3),
-    # within-class / between-class spread of the penultimate features (hf_cskd.intra_class); lower = tighter classes.
-    # None for runs recorded before it was measured.
-    "intra-class": (lambda r: r.get("intra_class", {}).get("ratio"), 1, 3),
-}
-
-
-def table_head(title: str, columns: list[str]) -> list[str]:
-    return ["", title, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-
-
-def mean_std(values: list[float | None], scale: float = 1.0, digits: int = 2) -> str:
-    values = [scale * v for v in values if v is not None]
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
-
-
-def paired(runs: list[dict], baseline: list[dict], value, scale: float, digits: int) -> str:
-    """Mean paired difference to the baseline ± its standard error, and the seeds where the arm is lower."""
-    by_seed = {(r["regime"], r["seed"]): value(r) for r in baseline}
-    diffs = [scale * (value(r) - by_seed[key]) for r in runs
-             if by_seed.get(key := (r["regime"], r["seed"])) is not None and value(r) is not None]  # fmt: skip
-    if not diffs:
-        return "-"
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
-    lower = sum(d < 0 for d in diffs)
-    return f"{statistics.mean(diffs):+.{digits}f} ± {se:.{digits}f} ({lower}/{len(diffs)} lower)"
-
-
-def setup_text(args: argparse.Namespace) -> str:
-    """The report's paragraph on data, model and training."""
-    regime = REGIMES[args.regime]
-    epochs = f"{args.epochs} epochs (the `{PAIR_STEP_COST}x` arms: {round(args.epochs * PAIR_STEP_COST, 2)})"
-    common = ("T = 4, λ = 1 for CS-KD; ECE with 15 equal-width bins. Raw = the trained model; TS = after temperature "
-              "scaling fitted on the validation part. Intra-class = the mean squared distance of each test image's "
-              "L2-normalized penultimate feature to its class mean over the mean squared distance between class means "
-              "(`hf_cskd.intra_class`; lower = tighter classes).")  # fmt: skip
-    if regime.pretrained == REAL:
-        model = regime.model.format(path=args.pretrained, image_size=args.image_size, lr=REAL_LR,
-                                    batch=regime.batch_size)  # fmt: skip
-        return (
-            f"Data: Fashion-MNIST (real 28x28 greyscale product photos; `recipes/data/fashion_mnist.py`), "
-            f"{args.per_class} training images per class and {args.val_per_class} validation images per class (to fit "
-            f"the temperature) drawn from the train split (disjoint, new per seed); every number below is on a fixed "
-            f"stratified subset of the test split, {args.test_per_class} images per class (the same for every seed "
-            f"and arm; the intra-class measure on up to its first {INTRA_CLASS_PER_CLASS} per class). Model: {model}; "
-            f"{epochs}; {common}"
-        )
-    if regime.pretrained is None:
-        return (
-            f"Data: scikit-learn digits (real 8x8 handwritten digits), {args.per_class} training images per class "
-            f"(a new random subset per seed), {args.val_per_class} per class held out from the train split to fit the "
-            f"temperature, and the untouched 500-image test split for every number below. Model: {regime.model}; "
-            f"batch 32, 50 warm-up steps then cosine, {epochs}, ±1 px random shifts; {common}"
-        )
-    glyphs_file = Path(args.pretrained) / "glyphs_results.json"
-    glyphs = json.loads(glyphs_file.read_text()) if glyphs_file.is_file() else {}
-    pretraining = (f"62-class held-out glyph accuracy {100 * glyphs['glyphs_accuracy']:.1f} %"
-                   if "glyphs_accuracy" in glyphs else "pretraining metrics not found")  # fmt: skip
-    model = regime.model.format(kind=regime.pretrained, path=args.pretrained, glyphs=pretraining, lr=FINETUNE_LR)
-    return (
-        f"Data: scikit-learn digits (real 8x8 handwritten digits), {args.per_class} training images per class (a new "
-        "random subset per seed, `--max_train_samples_per_class`), 15 % of the train split held out (stratified, new "
-        "per seed: about 19 images per class) to fit the temperature, and the untouched 500-image test split for "
-        f"every number below. Model: {model}; {epochs}; {common} `{FROM_SCRATCH}`: the same architecture and recipe "
-        "from random weights."
-    )
-
-
-def report(results: list[dict], args: argparse.Namespace, command: str, minutes: float) -> str:
-    main = [r for r in results if r["group"] == "main"]
-    names = [*ARMS, FROM_SCRATCH, *COMBINATIONS]
-    by_arm = {name: sorted((r for r in main if r["method"] == name), key=lambda r: r["seed"]) for name in names}
-    by_arm = {name: runs for name, runs in by_arm.items() if runs}
-    seeds = max((len(runs) for runs in by_arm.values()), default=0)
-    lines = [
-        f"## Regime `{args.regime}`: {REGIMES[args.regime].title}",
-        "",
-        f"Produced by `{command}` ({minutes:.1f} min of runs on {os.cpu_count()} CPU cores; hf-cskd `CSKDTrainer`).",
-        "",
-        setup_text(args),
-    ]
-    if BASELINE in by_arm and "test_examples" in by_arm[BASELINE][0]:
-        error = statistics.mean(1 - r["raw"]["accuracy"] for r in by_arm[BASELINE])
-        n = by_arm[BASELINE][0]["test_examples"]
-        lines += ["", f"One run's error on {n} test images has a binomial standard error of "
-                  f"{100 * (error * (1 - error) / n) ** 0.5:.2f} points at {BASELINE}'s mean error ({100 * error:.1f} %)."]  # fmt: skip
-    lines += table_head(f"### Mean ± std over {seeds} seeds (test split)", ["arm", *METRICS, "fitted T", "train s"])
-    for name, runs in by_arm.items():
-        cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
-        cells += [mean_std([r["temperature_fit"] for r in runs]), mean_std([r["train_seconds"] for r in runs], 1, 1)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += table_head(
-        f"### Paired difference to {BASELINE} (same seed): mean ± standard error, and seeds where the arm is lower",
-        ["arm", *METRICS],
-    )
-    for name, runs in by_arm.items():
-        if name != BASELINE and BASELINE in by_arm:
-            cells = [paired(runs, by_arm[BASELINE], value, scale, digits) for value, scale, digits in METRICS.values()]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if {"CS-KD pairs", "CS-KD queue", BASELINE} <= set(by_arm):
-        lines += ["", "Queue mode's gain over cross-entropy as a share of paper mode's (means over seeds):"]
-        for label, value in (("raw", lambda r: 1 - r["raw"]["accuracy"]), ("after TS", lambda r: r["scaled"]["nll"])):
-            base = statistics.mean(value(r) for r in by_arm[BASELINE])
-            gains = [base - statistics.mean(value(r) for r in by_arm[arm]) for arm in ("CS-KD pairs", "CS-KD queue")]
-            what = "error" if label == "raw" else "NLL after TS"
-            share = f"{gains[1] / gains[0]:.2f}" if gains[0] > 0 else "n/a (paper mode did not gain)"
-            lines.append(f"- {what}: paper gain {gains[0] * (100 if label == 'raw' else 1):.3f}, queue gain "
-                         f"{gains[1] * (100 if label == 'raw' else 1):.3f}, share {share}")  # fmt: skip
-    lines += combinations_report(by_arm)
-    if BASELINE in by_arm:
-        base = {r["seed"]: r["train_seconds"] for r in by_arm[BASELINE]}
-        ratios = {name: [r["train_seconds"] / base[r["seed"]] for r in runs if r["seed"] in base]
-                  for name, runs in by_arm.items() if name != BASELINE}  # fmt: skip
-        lines += ["", f"Training time relative to cross-entropy (same seed; mean ± std of the per-seed ratios, {args.workers} runs "
-                  "in parallel): " + "; ".join(f"{name} {mean_std(values)}x"
-                                                               for name, values in ratios.items() if values)]  # fmt: skip
-    lines += table_head("### Per-seed numbers (test split)", ["arm", "seed", *METRICS, "T", "train s"])
-    for name, runs in by_arm.items():
-        for r in runs:
-            cells = [mean_std([value(r)], scale, digits).split(" ±")[0] for value, scale, digits in METRICS.values()]
-            lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells) + f" | {r['temperature_fit']:.2f} | "
-                         f"{r['train_seconds']} |")  # fmt: skip
-    sensitivity = [r for r in results if r["group"] == "sensitivity"]
-    if sensitivity:
-        for mode in ("pairs", "queue"):  # the main arm of the mode, on the same seeds, is its (λ = 1, T = 4) row
-            sensitivity += [r for r in by_arm.get(f"CS-KD {mode}", []) if r["seed"] < args.sensitivity_seeds]
-        lines += table_head(
-            f"### Sensitivity of CS-KD to T and λ: mean ± std over {args.sensitivity_seeds} seeds",
-            ["mode", "λ", "T", *METRICS],
-        )
-        for mode, lam, temperature in sorted({(r["mode"], r["lambda"], r["temperature"]) for r in sensitivity}):
-            runs = [r for r in sensitivity if (r["mode"], r["lambda"], r["temperature"]) == (mode, lam, temperature)]
-            cells = [mean_std([value(r) for r in runs], scale, digits) for value, scale, digits in METRICS.values()]
-            lines.append(f"| {mode} | {lam} | {temperature} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-COMBINED = {  # a combination -> the methods alone it must beat (the paper's claim)
-    "Mixup + CS-KD queue": ("Mixup", "CS-KD queue"),
-    "teacher KD + CS-KD queue": ("teacher KD", "CS-KD queue"),
-}
-
-
-def combinations_report(by_arm: dict[str, list[dict]]) -> list[str]:
-    """Does each combination beat each method alone? Paired differences on the same seeds; and the teachers' error."""
-    rows = [(combined, alone) for combined, methods in COMBINED.items() for alone in methods
-            if combined in by_arm and alone in by_arm]  # fmt: skip
-    if not rows:
-        return []
-    lines = table_head("### Each combination against each method alone (same seed): mean ± standard error, and "
-                       "seeds where the combination is lower", ["combination", "against", *METRICS])  # fmt: skip
-    for combined, alone in rows:
-        cells = [paired(by_arm[combined], by_arm[alone], *metric) for metric in METRICS.values()]
-        lines.append(f"| {combined} | {alone} | " + " | ".join(cells) + " |")
-    teacher_runs = {r["seed"]: r for name in ("teacher KD", "teacher KD + CS-KD queue") for r in by_arm.get(name, [])}
-    errors = []
-    for seed, run in sorted(teacher_runs.items()):
-        results = Path(teacher_folder(run)) / "test_results.json"
-        if results.is_file():
-            errors.append((seed, 1 - json.loads(results.read_text())["test_accuracy"]))
-    if errors:
-        lines += ["", f"Teachers: the same checkpoint fine-tuned with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on "
-                  f"each seed's split (uncalibrated); test error {mean_std([e for _, e in errors], 100)} % (seeds "
-                  + ", ".join(f"{seed}: {100 * e:.2f}" for seed, e in errors) + f"). Mixup α = {MIXUP_ALPHA}; teacher "
-                  "KD weight 1, T_t = 4."]  # fmt: skip
-    return lines
-
-
-def pooled_report(prefix: str, results: list[dict], command: str) -> str:
-    """Paired differences pooled over several regimes: more pairs, so a smaller standard error."""
-
-    def at_defaults(r: dict) -> bool:  # a results file may also hold runs with other --per_class / --epochs
-        regime = REGIMES[r["regime"]]
-        epochs = round(regime.epochs * ARMS.get(r["method"], {}).get("epochs", 1.0), 2)
-        return r["group"] == "main" and r["per_class"] == regime.per_class and r["epochs"] == epochs
-
-    main = [r for r in results if at_defaults(r)]
-    regimes = sorted({r["regime"] for r in main})
-    by_arm = {name: [r for r in main if r["method"] == name] for name in ARMS}
-    equal_compute = f"{BASELINE}, {PAIR_STEP_COST}x epochs"
-    lines = [
-        f"## Pooled over the `{prefix}*` regimes",
-        "",
-        f"Produced by `{command}` from the results of {', '.join(f'`{r}`' for r in regimes)}: every (regime, seed) "
-        "pair counts once (runs at each regime's default images per class and epochs), the standard error is over "
-        "all pairs.",
-    ]
-    for baseline in (BASELINE, equal_compute):
-        lines += table_head(f"### Paired difference to {baseline}: mean ± standard error, and pairs where the arm is "
-                            "lower", ["arm", *METRICS])  # fmt: skip
-        for name, runs in by_arm.items():
-            if name not in (BASELINE, baseline) and runs and by_arm[baseline]:
-                cells = [paired(runs, by_arm[baseline], *metric) for metric in METRICS.values()]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def replace_section(text: str, regime: str, section: str) -> str:
-    """Put the regime's section between its markers, keeping other regimes' sections and the notes."""
-    begin, end = f"<!-- begin {regime} -->", f"<!-- end {regime} -->"
-    block = f"{begin}\n{section}{end}\n"
-    if begin in text:
-        head, _, rest = text.partition(begin)
-        return head + block + "\n" + rest.partition(end)[2].lstrip("\n")
-    head, marker, notes = text.partition(NOTES_MARKER)
-    if not head.strip():
-        head = "# Quality study: CS-KD vs cross-entropy vs label smoothing\n\n"
-    return head.rstrip("\n") + "\n\n" + block + ("\n" + marker + notes if marker else "")
-
-
 def check_real_inputs(args: argparse.Namespace) -> None:
     """The real regimes' checkpoint and data are converted by the user (neither is in git): say how when missing."""
     if not (Path(args.pretrained) / "config.json").is_file():
@@ -701,26 +465,12 @@ def main() -> None:
                         f"with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
     parser.add_argument("--teachers", default="outputs/teachers", help="--combinations: where the teachers are kept")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these main arms (e.g. to measure another "
-                        "--image_size on one seed: --arms cross-entropy 'CS-KD queue'); the report then shows only "
-                        "these arms, so give it its own --results and --output to keep the regime's section")  # fmt: skip
+                        "--image_size on one seed: --arms cross-entropy 'CS-KD queue'); give such runs their own --results "
+                        "so that a regime's file holds one setting")  # fmt: skip
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--pool", metavar="PREFIX", default=None, help="run nothing: write the paired differences "
-                        "pooled over the finished regimes whose name starts with PREFIX (e.g. finetune-)")  # fmt: skip
     parser.add_argument("--results", default=None, help="JSON lines of finished runs (default results/<regime>.jsonl)")
-    parser.add_argument("--output", default="RESULTS.md")
     args = parser.parse_args()
     command = shlex.join(["python", "recipes/quality_study.py", *sys.argv[1:]])
-    output = Path(args.output)
-    if args.pool:
-        files = [Path(f"results/{name}.jsonl") for name in REGIMES if name.startswith(args.pool)]
-        results = [json.loads(line) for path in files if path.is_file() for line in path.read_text().splitlines()]
-        if not results:
-            raise SystemExit(f"--pool {args.pool}: no finished runs in {', '.join(map(str, files)) or 'results/'}")
-        text = output.read_text() if output.is_file() else ""
-        output.write_text(replace_section(text, f"pooled-{args.pool.rstrip('-')}", pooled_report(args.pool, results,
-                                                                                                    command)))  # fmt: skip
-        print(f"wrote the pooled {args.pool}* section of {output}")
-        return
     regime = REGIMES[args.regime]
     for name in ("seeds", "per_class", "epochs", "val_per_class"):  # the regime's defaults
         if getattr(args, name) is None:
@@ -745,15 +495,20 @@ def main() -> None:
     todo = [job for job in jobs if job_key(job) not in finished]
     print(f"{len(jobs)} runs: {len(results)} already in {results_path}, {len(todo)} to go")
     start = time.perf_counter()
+    made_by = provenance(command)
+    # Teachers before the arms that distill from them (two arms of one seed must not train it twice); a teacher's own
+    # result is a row too.
     teacher_jobs = list({job["seed"]: job for job in todo if job.get("teacher")}.values())
-    if teacher_jobs:  # before the arms that distill from them (two arms of one seed must not train it twice)
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+    if teacher_jobs:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool, results_path.open("a") as log:
             progress = tqdm(pool.imap_unordered(train_teacher, teacher_jobs), total=len(teacher_jobs), desc="teachers")
             for teacher in progress:
-                progress.write(f"teacher seed {teacher['seed']}: error {100 * teacher['error']:.2f}%")
+                if job_key(teacher) not in finished:
+                    log.write(json.dumps({**teacher, "provenance": made_by}) + "\n")
+                    log.flush()
+                progress.write(f"teacher seed {teacher['seed']}: error {100 * (1 - teacher['raw']['accuracy']):.2f}%")
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool, results_path.open("a") as log:
         progress = tqdm(pool.imap_unordered(run, todo), total=len(todo), desc=args.regime, unit="run")
-        made_by = provenance(command)
         for result in progress:  # tqdm's estimate of the remaining time is the study's
             result["provenance"] = made_by
             log.write(json.dumps(result) + "\n")
@@ -761,10 +516,10 @@ def main() -> None:
             results.append(result)
             progress.write(f"{result['method']} seed {result['seed']}: error {100 * (1 - result['raw']['accuracy']):.2f}% "
                            f"ECE {100 * result['raw']['ece']:.2f}% -> TS {100 * result['scaled']['ece']:.2f}%")  # fmt: skip
-    minutes = sum(r.get("wall_seconds", r["train_seconds"]) for r in results) / 60 / max(args.workers, 1)
-    text = output.read_text() if output.is_file() else ""
-    output.write_text(replace_section(text, args.regime, report(results, args, command, minutes)))
-    print(f"wrote the {args.regime} section of {output} ({(time.perf_counter() - start) / 60:.1f} min this time)")
+    print(
+        f"{len(results)} runs in {results_path} ({(time.perf_counter() - start) / 60:.1f} min this time); "
+        "python recipes/report.py writes RESULTS.md from results/*.jsonl"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 import quality_study  # noqa: E402
+import report  # noqa: E402
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 3
 
@@ -77,11 +78,11 @@ def test_per_seed_splits_are_disjoint_stratified_and_the_test_subset_is_fixed(tm
 @pytest.mark.parametrize("regime", ["fmnist-lite0-10", "fmnist-lite0-100"])
 def test_real_regime_runs_through_the_recipe_and_reports(tmp_path, fashion_mnist_stand_in, regime, kind):
     checkpoint = tiny_checkpoint(tmp_path / "ckpt", kind)
-    results, output = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md"
+    results = tmp_path / "runs.jsonl"
     command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", regime, "--seeds", "1",
                "--per_class", "2", "--val_per_class", "2", "--test_per_class", str(TEST_PER_CLASS), "--epochs", "1",
                "--image_size", "32", "--workers", "1", "--pretrained", str(checkpoint), "--fashion_mnist",
-               str(fashion_mnist_stand_in), "--results", str(results), "--output", str(output)]  # fmt: skip
+               str(fashion_mnist_stand_in), "--results", str(results)]  # fmt: skip
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
@@ -91,11 +92,13 @@ def test_real_regime_runs_through_the_recipe_and_reports(tmp_path, fashion_mnist
     for run in runs:
         assert run["test_examples"] == 10 * TEST_PER_CLASS and run["image_size"] == 32
         assert run["scaled"]["accuracy"] == run["raw"]["accuracy"]  # TS never changes predictions
+        validation = run["validation"]  # the split the temperature was fitted on: what a tuned arm selects on
+        assert set(validation["raw"]) >= {"accuracy", "nll", "ece"} and 0 <= validation["raw"]["accuracy"] <= 1
+        assert validation["scaled"] is None or validation["scaled"]["nll"] <= validation["raw"]["nll"] + 1e-9
         intra = run["intra_class"]
         assert intra["ratio"] == pytest.approx(intra["within"] / intra["between"]) and intra["within"] > 0
-    text = output.read_text()
-    assert f"## Regime `{regime}`" in text and "--image_size 32" in text and "binomial standard error" in text
-    assert "| arm | error % | ECE % | NLL | ECE % (TS) | NLL (TS) | intra-class |" in text
+    text = "\n".join(report.regime_section(regime, report.load(tmp_path)[results.stem]))  # RESULTS.md's section
+    assert "--image_size 32" in text and f"{10 * TEST_PER_CLASS} test images" in text and "32 px" in text
 
 
 def test_real_regime_says_how_to_get_missing_weights_and_data(tmp_path, fashion_mnist_stand_in):
@@ -111,18 +114,19 @@ def test_combination_arms_train_a_teacher_per_seed_and_compare_each_with_each_me
     tmp_path, fashion_mnist_stand_in
 ):
     checkpoint = tiny_checkpoint(tmp_path / "ckpt", "vit")
-    results, output, teachers = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md", tmp_path / "teachers"
+    results, teachers = tmp_path / "runs.jsonl", tmp_path / "teachers"
     arms = ["cross-entropy", "CS-KD queue", *quality_study.COMBINATIONS]
     command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", "fmnist-lite0-100", "--seeds",
                "2", "--per_class", "2", "--val_per_class", "2", "--test_per_class", str(TEST_PER_CLASS), "--epochs",
                "1", "--image_size", "32", "--workers", "2", "--pretrained", str(checkpoint), "--fashion_mnist",
-               str(fashion_mnist_stand_in), "--results", str(results), "--output", str(output), "--combinations",
+               str(fashion_mnist_stand_in), "--results", str(results), "--combinations",
                "--teachers", str(teachers), "--arms", *arms]  # fmt: skip
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    runs_and_teachers = [json.loads(line) for line in results.read_text().splitlines()]
+    runs = [r for r in runs_and_teachers if r["group"] == "main"]
     assert sorted(r["method"] for r in runs) == sorted(arms * 2)
     assert {r["method"] for r in runs if r.get("mixup_alpha")} == {"Mixup", "Mixup + CS-KD queue"}
     assert {r["method"] for r in runs if r.get("teacher")} == {"teacher KD", "teacher KD + CS-KD queue"}
@@ -131,7 +135,13 @@ def test_combination_arms_train_a_teacher_per_seed_and_compare_each_with_each_me
     teacher_args = json.loads((teachers / folders[0] / "training_args.json").read_text())
     assert teacher_args["num_train_epochs"] == 2 * 1 and teacher_args["cskd_lambda"] == 0  # CE, 2x the epochs
     assert not (teachers / folders[0] / "calibration.json").is_file()  # the teacher is left uncalibrated
-    text = output.read_text()
-    assert "### Each combination against each method alone" in text and "Teachers: the same checkpoint" in text
+    # The teachers' own results are rows too (uncalibrated: nothing after temperature scaling is claimed), and the
+    # report compares each combination with each method alone.
+    teacher_rows = [r for r in runs_and_teachers if r["group"] == "teacher"]
+    assert len(teacher_rows) == 2 and {r["method"] for r in teacher_rows} == {quality_study.TEACHER}
+    assert all(r["scaled"] is None and r["epochs"] == 2 for r in teacher_rows)
+    text = "\n".join(report.regime_section("fmnist-lite0-100", report.load(tmp_path)[results.stem]))
     for combined, alone in (("Mixup + CS-KD queue", "Mixup"), ("teacher KD + CS-KD queue", "CS-KD queue")):
         assert f"| {combined} | {alone} | " in text
+    teacher_line = next(line for line in text.splitlines() if line.startswith(f"| {quality_study.TEACHER} | 2 |"))
+    assert teacher_line.count(" - |") == 3  # ECE and NLL after TS, fitted T

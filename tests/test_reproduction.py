@@ -1,5 +1,6 @@
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -83,13 +84,12 @@ def tiny_pretrained(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("regime", ["scratch-cnn", "scratch-vit", "finetune-vit-10", "finetune-resnet-10"])
 def test_quality_study_runs_resumes_and_reports(tmp_path, regime, request):
     import quality_study
+    import report
 
-    results, output = tmp_path / "runs.jsonl", tmp_path / "RESULTS.md"
-    output.write_text("# Study\n\n<!-- begin other -->\nkept\n<!-- end other -->\n\n" + quality_study.NOTES_MARKER +
-                      "\nmy notes\n")  # fmt: skip
+    results = tmp_path / "runs.jsonl"
     command = [sys.executable, str(ROOT / "recipes" / "quality_study.py"), "--regime", regime, "--seeds", "2",
                "--sensitivity_seeds", "0", "--epochs", "1", "--per_class", "3", "--val_per_class", "2", "--workers",
-               "1", "--results", str(results), "--output", str(output)]  # fmt: skip
+               "1", "--results", str(results)]  # fmt: skip
     arms = dict(quality_study.ARMS)
     pretrained = quality_study.REGIMES[regime].pretrained
     if pretrained:
@@ -110,33 +110,12 @@ def test_quality_study_runs_resumes_and_reports(tmp_path, regime, request):
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)  # resumes: nothing left to run
     assert second.returncode == 0 and "0 to go" in second.stdout
     assert len(results.read_text().splitlines()) == len(runs)
-    text = output.read_text()
-    assert f"<!-- begin {regime} -->" in text and "kept" in text and text.rstrip().endswith("my notes")
-    assert "| CS-KD queue | " in text and re.search(r"\([0-2]/2 lower\)", text)
-    assert text.count("| cross-entropy | ") == 3  # mean table + 2 seeds
-    if pretrained:  # the report names the checkpoint it fine-tuned, and the path a user takes
-        assert "--ignore_mismatched_sizes" in text and "3 training images per class" in text
-
-
-def test_pooled_differences_pair_runs_by_regime_and_seed():
-    import quality_study
-
-    def result(regime: str, seed: int, method: str, accuracy: float, per_class: int = 10) -> dict:
-        metrics = {"accuracy": accuracy, "ece": 0.1, "nll": 0.5}
-        return {"regime": regime, "seed": seed, "method": method, "group": "main", "per_class": per_class,
-                "epochs": 30, "raw": metrics, "scaled": metrics}  # fmt: skip
-
-    a, b = "finetune-resnet-10", "finetune-vit-10"
-    accuracies = {(a, 0): (0.90, 0.92), (a, 1): (0.90, 0.91), (b, 0): (0.80, 0.80), (b, 1): (0.85, 0.84)}
-    results = [result(regime, seed, method, accuracy) for (regime, seed), pair in accuracies.items()
-               for method, accuracy in zip(("cross-entropy", "CS-KD pairs"), pair)]  # fmt: skip
-    results.append(result(a, 2, "CS-KD pairs", 0.10, per_class=3))  # another setting: left out
-    results.append(result(a, 2, "cross-entropy", 0.90, per_class=3))
-    text = quality_study.pooled_report("finetune-", results, "cmd")
-    # error differences -2, -1, 0, +1 points: mean -0.5, std sqrt(5/3), standard error sqrt(5/3) / 2 = 0.645
-    row = next(line for line in text.splitlines() if line.startswith("| CS-KD pairs |"))
-    assert row.startswith("| CS-KD pairs | -0.50 ± 0.65 (2/4 lower) | +0.00 ± 0.00 (0/4 lower) |")
-    assert f"`{a}`, `{b}`" in text and "| cross-entropy |" not in text
+    # Every row says what made it, and the report (recipes/report.py) pairs the arms by seed.
+    assert {r["provenance"]["command"] for r in runs} == {shlex.join(["python", "recipes/quality_study.py",
+                                                                      *command[2:]])}  # fmt: skip
+    assert {r["provenance"]["versions"]["torch"] for r in runs} == {torch.__version__}
+    text = "\n".join(report.regime_section(regime, report.load(tmp_path)[results.stem]))
+    assert "| CS-KD queue | 2 | " in text and re.search(r"\| CS-KD queue \| cross-entropy \| [-+]\d", text)
 
 
 @pytest.mark.parametrize(("regime", "modes"), [("scratch-cnn", {"pairs"}), ("finetune-vit-30", {"pairs", "queue"})])

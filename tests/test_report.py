@@ -1,0 +1,84 @@
+"""recipes/report.py: RESULTS.md and README's summary are generated from results/*.jsonl, verdicts from intervals."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import report  # noqa: E402
+
+PROVENANCE = {"versions": {"python": "3.11", "torch": "2.13.0"}, "lock": "constraints.txt",
+              "commit": {"sha": "0123456789abcdef", "dirty": False}, "command": "python recipes/quality_study.py",
+              "machine": {"cores": 2, "device": "cpu"}}  # fmt: skip
+
+
+def row(method: str, seed: int, error: float, ece: float = 0.05, nll: float = 0.5) -> dict:
+    metrics = {"accuracy": 1 - error, "ece": ece, "nll": nll}
+    return {"regime": "toy", "method": method, "seed": seed, "per_class": 10, "raw": metrics, "scaled": metrics,
+            "temperature_fit": 1.0, "train_seconds": 1.0, "provenance": PROVENANCE}  # fmt: skip
+
+
+def write(folder: Path, rows: list[dict]) -> None:
+    (folder / "results" / "archive").mkdir(parents=True, exist_ok=True)
+    (folder / "results" / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "README.md").write_text(f"# x\n\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\n\nrest\n")
+
+
+def run(folder: Path, *flags: str) -> int:
+    return report.main([*flags, "--results", str(folder / "results"), "--output", str(folder / "RESULTS.md"),
+                        "--readme", str(folder / "README.md")])  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_the_interval_is_scipys_one_sample_t_interval(n):
+    diffs = list(np.random.default_rng(n).normal(0.3, 1.0, n))
+    expected = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert report.Paired(diffs).interval == pytest.approx((expected.low, expected.high), rel=1e-9)
+
+
+def test_the_verdict_is_read_from_the_interval_only():
+    assert report.Paired([-1.0, -1.2, -0.9]).verdict == "lower"
+    assert report.Paired([1.0, 1.2, 0.9]).verdict == "higher"
+    # 4 of 5 seeds lower, yet the interval contains 0: a sign count is not a verdict
+    wide = report.Paired([-1.0, -1.0, -1.0, -1.0, 3.0])
+    assert wide.interval[0] < 0 < wide.interval[1] and wide.verdict == "no difference detected"
+    assert report.Paired([-1.0]).verdict == "too few seeds to say"
+
+
+def test_results_and_readme_are_generated_and_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    base = [0.30 + 0.03 * rng.standard_normal() for _ in range(6)]
+    rows = [row("cross-entropy", s, e) for s, e in enumerate(base)]
+    rows += [row("CS-KD queue", s, e - 0.02 + 0.002 * rng.standard_normal()) for s, e in enumerate(base)]
+    write(tmp_path, rows)
+    assert run(tmp_path, "--check") == 1  # nothing generated yet
+    assert run(tmp_path) == 0 and run(tmp_path, "--check") == 0
+    readme, results = (tmp_path / "README.md").read_text(), (tmp_path / "RESULTS.md").read_text()
+    assert "old" not in readme and readme.endswith("\n\nrest\n")
+    line = next(x for x in readme.splitlines() if "error points" in x)
+    assert "CS-KD queue vs cross-entropy: **lower**" in line and "6/6 seeds lower" in line
+    assert line in results  # README quotes the generated summary and nothing else
+    assert "0123456" in results and "constraints.txt" in results  # what made the rows
+    # A changed result makes the committed files stale; the verdict follows the numbers.
+    rows[-1]["raw"]["accuracy"] = 0.0
+    write(tmp_path, rows)
+    (tmp_path / "README.md").write_text(readme)
+    assert run(tmp_path, "--check") == 1
+    run(tmp_path)
+    assert "CS-KD queue vs cross-entropy: **no difference detected**" in (tmp_path / "README.md").read_text()
+
+
+def test_a_row_without_provenance_is_refused(tmp_path):
+    rows = [row("cross-entropy", 0, 0.3), {**row("CS-KD queue", 0, 0.3), "provenance": {"command": "x"}}]
+    write(tmp_path, rows)
+    with pytest.raises(SystemExit, match=r"toy.jsonl:2: no commit, lock, machine, versions"):
+        run(tmp_path)
+
+
+def test_the_committed_results_are_what_the_rows_say():
+    assert report.main(["--check"]) == 0
