@@ -41,6 +41,7 @@ environment matches, commit, command, machine): an interrupted study resumes whe
     python recipes/quality_study.py --regime finetune-vit-10      # ~5 min
     python recipes/quality_study.py --regime finetune-resnet-30   # ~14 min
     python recipes/quality_study.py --regime fmnist-lite0-10 --seeds 10     # timm environment; ~4 min per run
+    python recipes/quality_study.py --regime fmnist-lite0-10 --seeds 10 --tuned   # + each method's grid
     python recipes/quality_study.py --regime fmnist-lite0-100 --seeds 10
     python recipes/quality_study.py --regime fmnist-lite0-100 --combinations   # reuses the finished runs
     python recipes/quality_study.py --regime scratch-cnn --seeds 2 --epochs 5 --results /tmp/r.jsonl
@@ -78,6 +79,9 @@ from hf_cskd.calibration.metrics import calibration_metrics
 from hf_cskd.calibration.temperature import fit_temperature
 from hf_cskd.data.transforms import eval_transform, input_spec
 from hf_cskd.intra_class import intra_class_variation, penultimate_features
+
+sys.path.insert(0, str(Path(__file__).parent))  # its sibling recipes/report.py: the tuned arms' grids and choice
+import report  # noqa: E402
 
 RECIPES = Path(__file__).parent
 DIGITS = RECIPES / "data" / "digits"
@@ -417,7 +421,27 @@ def make_jobs(args: argparse.Namespace) -> list[dict]:
     jobs += [job("sensitivity", f"CS-KD {mode} (T={t:g}, λ={lam:g})", seed, lam, t, mode=mode)
              for mode in regime.sensitivity_modes for seed in range(args.sensitivity_seeds)
              for lam, t in SENSITIVITY]  # fmt: skip
+    if getattr(args, "tuned", False):  # each method's grid (recipes/report.py TUNING), beyond the main arms
+        jobs += [job("grid", name, seed, lam=settings.get("lambda", 0.0),
+                     **{k: v for k, v in settings.items() if k != "lambda"})
+                 for seed in range(args.seeds) for grid in report.TUNING.values() for name, settings in grid.items()
+                 if name not in ARMS]  # fmt: skip
     return jobs
+
+
+def second_temperature_jobs(jobs: list[dict], results: list[dict]) -> list[dict]:
+    """--tuned: T = 1 at the λ chosen on validation, for each seed and mode whose λ grid has finished."""
+    arms = report.by_arm(results)
+    extra = []
+    for grid in (g for name, g in report.TUNING.items() if name.startswith("CS-KD")):
+        for seed in sorted({job["seed"] for job in jobs if job["method"] in grid}):
+            candidates = [r for name in grid for r in arms.get(name, []) if r["seed"] == seed and r.get("validation")]
+            if len(candidates) == len(grid):
+                best = report.choose(candidates)
+                template = next(job for job in jobs if job["method"] == best["method"] and job["seed"] == seed)
+                extra.append({**template, "group": "grid", "temperature": report.SECOND_TEMPERATURE,
+                              "method": report.second_temperature_arm(best["mode"], best["lambda"])})  # fmt: skip
+    return extra
 
 
 def job_key(job: dict) -> tuple:
@@ -442,6 +466,21 @@ def check_real_inputs(args: argparse.Namespace) -> None:
         )
 
 
+def run_all(todo: list[dict], args: argparse.Namespace, results: list[dict], path: Path, made_by: dict) -> None:
+    """Run the jobs, two at a time on 2 cores by default, appending each finished run (with its provenance)."""
+    if not todo:
+        return
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool, path.open("a") as log:
+        progress = tqdm(pool.imap_unordered(run, todo), total=len(todo), desc=args.regime, unit="run")
+        for result in progress:  # tqdm's estimate of the remaining time is the study's
+            result["provenance"] = made_by
+            log.write(json.dumps(result) + "\n")
+            log.flush()
+            results.append(result)
+            progress.write(f"{result['method']} seed {result['seed']}: error {100 * (1 - result['raw']['accuracy']):.2f}% "
+                           f"ECE {100 * result['raw']['ece']:.2f}% -> TS {100 * result['scaled']['ece']:.2f}%")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=list(REGIMES), default="scratch-cnn")
@@ -463,6 +502,9 @@ def main() -> None:
     parser.add_argument("--combinations", action="store_true", help="real regimes: add the paper's combinations "
                         f"({', '.join(COMBINATIONS)}; Mixup α = {MIXUP_ALPHA}, the teacher = the checkpoint fine-tuned "
                         f"with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
+    parser.add_argument("--tuned", action="store_true", help="add each method's grid (cross-entropy epochs 1x / "
+                        "1.35x / 1.7x, label smoothing 0.05 / 0.1 / 0.2, CS-KD λ 0.5 / 1 / 2 at T = 4 then T = 1 at the "
+                        "λ chosen on validation): recipes/report.py reports the arm chosen per seed on validation")  # fmt: skip
     parser.add_argument("--teachers", default="outputs/teachers", help="--combinations: where the teachers are kept")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these main arms (e.g. to measure another "
                         "--image_size on one seed: --arms cross-entropy 'CS-KD queue'); give such runs their own --results "
@@ -507,15 +549,11 @@ def main() -> None:
                     log.write(json.dumps({**teacher, "provenance": made_by}) + "\n")
                     log.flush()
                 progress.write(f"teacher seed {teacher['seed']}: error {100 * (1 - teacher['raw']['accuracy']):.2f}%")
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool, results_path.open("a") as log:
-        progress = tqdm(pool.imap_unordered(run, todo), total=len(todo), desc=args.regime, unit="run")
-        for result in progress:  # tqdm's estimate of the remaining time is the study's
-            result["provenance"] = made_by
-            log.write(json.dumps(result) + "\n")
-            log.flush()
-            results.append(result)
-            progress.write(f"{result['method']} seed {result['seed']}: error {100 * (1 - result['raw']['accuracy']):.2f}% "
-                           f"ECE {100 * result['raw']['ece']:.2f}% -> TS {100 * result['scaled']['ece']:.2f}%")  # fmt: skip
+    run_all(todo, args, results, results_path, made_by)
+    if args.tuned:  # the second step of the CS-KD grids needs the first step's results
+        finished = {job_key(r) for r in [*done, *results]}
+        run_all([job for job in second_temperature_jobs(jobs, results) if job_key(job) not in finished], args, results,
+                results_path, made_by)  # fmt: skip
     print(
         f"{len(results)} runs in {results_path} ({(time.perf_counter() - start) / 60:.1f} min this time); "
         "python recipes/report.py writes RESULTS.md from results/*.jsonl"

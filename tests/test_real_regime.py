@@ -145,3 +145,30 @@ def test_combination_arms_train_a_teacher_per_seed_and_compare_each_with_each_me
         assert f"| {combined} | {alone} | " in text
     teacher_line = next(line for line in text.splitlines() if line.startswith(f"| {quality_study.TEACHER} | 2 |"))
     assert teacher_line.count(" - |") == 3  # ECE and NLL after TS, fitted T
+
+
+def test_tuned_grid_jobs_and_the_second_step_at_the_chosen_lambda():
+    args = argparse.Namespace(regime="fmnist-lite0-10", seeds=2, sensitivity_seeds=0, per_class=10, val_per_class=50,
+                              epochs=30, pretrained="ckpt", fashion_mnist="data", test_per_class=1000, image_size=64,
+                              combinations=False, arms=None, tuned=True)  # fmt: skip
+    jobs = quality_study.make_jobs(args)
+    grid = [job for job in jobs if job["group"] == "grid"]
+    names = {name for g in report.TUNING.values() for name in g}
+    # every candidate of every grid exists once per seed, as a main arm or a grid run
+    assert {job["method"] for job in jobs} >= names and len(grid) == 2 * len(names - set(quality_study.ARMS))
+    assert len({quality_study.job_key(job) for job in jobs}) == len(jobs)
+    assert {job["epochs"] for job in grid if job["method"] == "cross-entropy, 1.7x epochs"} == {51.0}
+    assert {(job["lambda"], job["temperature"]) for job in grid if job["mode"] == "queue" and job["lambda"]} == {
+        (0.5, 4.0), (2.0, 4.0)}  # fmt: skip
+
+    def result(job: dict, val_error: float) -> dict:
+        validation = {"accuracy": 1 - val_error, "ece": 0.1, "nll": 0.5}
+        return {**job, "validation": {"raw": validation, "scaled": validation}}
+
+    pairs = report.TUNING["CS-KD pairs, tuned"]
+    results = [result(job, 0.1 if job["lambda"] == 0.5 else 0.2) for job in jobs if job["method"] in pairs]
+    results = [r for r in results if not (r["seed"] == 1 and r["lambda"] == 2.0)]  # seed 1's grid unfinished
+    second = quality_study.second_temperature_jobs(jobs, results)
+    assert [(j["seed"], j["method"], j["lambda"], j["temperature"]) for j in second] == [
+        (0, "CS-KD pairs (T=1, λ=0.5)", 0.5, 1.0)]  # fmt: skip
+    assert second[0]["epochs"] == 30 and second[0]["group"] == "grid"

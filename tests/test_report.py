@@ -82,3 +82,33 @@ def test_a_row_without_provenance_is_refused(tmp_path):
 
 def test_the_committed_results_are_what_the_rows_say():
     assert report.main(["--check"]) == 0
+
+
+def test_a_tuned_arm_is_chosen_per_seed_on_validation_never_on_test():
+    def run(
+        method: str, seed: int, val_error: float, test_error: float, lam: float = 0.0, val_nll: float = 0.5
+    ) -> dict:
+        validation = {"accuracy": 1 - val_error, "ece": 0.05, "nll": val_nll}
+        mode = "queue" if "queue" in method else "pairs"
+        return {**row(method, seed, test_error), "lambda": lam, "mode": mode,
+                "validation": {"raw": validation, "scaled": validation}}  # fmt: skip
+
+    ce = report.TUNING["cross-entropy, tuned"]
+    queue = report.TUNING["CS-KD queue, tuned"]
+    rows = []
+    for seed in (0, 1):
+        # cross-entropy: the 1.7x run is best on validation (but worst on test), the others tie on error
+        rows += [run(name, seed, 0.20 if "1.7x" in name else 0.30, 0.40 if "1.7x" in name else 0.10) for name in ce]
+        # queue: λ = 2 best on validation (ties on error with λ = 0.5, lower NLL); then T = 1 at λ = 2
+        for name, lam, nll in zip(queue, (0.5, 1.0, 2.0), (0.6, 0.7, 0.4)):
+            rows.append(run(name, seed, 0.25 if lam != 1.0 else 0.35, 0.2, lam, nll))
+    rows.append(run(report.second_temperature_arm("queue", 2.0), 0, 0.10, 0.3, 2.0))  # seed 0 only: T = 1 wins
+    tuned = report.tuned_arms(report.by_arm(rows))
+    assert [(r["seed"], r["chosen"]) for r in tuned["cross-entropy, tuned"]] == [
+        (0, "cross-entropy, 1.7x epochs"),
+        (1, "cross-entropy, 1.7x epochs"),
+    ]
+    assert tuned["cross-entropy, tuned"][0]["raw"]["accuracy"] == pytest.approx(0.60)  # its test numbers
+    # seed 1 has no T = 1 run yet: not reported, rather than tuned on part of its grid
+    assert [(r["seed"], r["chosen"]) for r in tuned["CS-KD queue, tuned"]] == [(0, "CS-KD queue (T=1, λ=2)")]
+    assert "label smoothing, tuned" not in tuned  # no grid run at all
