@@ -286,7 +286,27 @@ def regime_section(regime: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(regimes: dict[str, list[dict]], archived: list[str]) -> tuple[str, str]:
+def against_archive(regime: str, rows: list[dict], archived: list[dict]) -> list[str]:
+    """Does a claim made from the archived runs (before the lock) hold under the lock? Per arm and headline metric:
+    the archived mean paired difference to cross-entropy, and whether it lies in the new 95 % interval."""
+    new, old = with_tuned(by_arm(rows)), by_arm(archived)
+    body = []
+    for arm in (a for a in new if a in old and a != BASELINE and BASELINE in new and BASELINE in old):
+        for metric in (m for m in METRICS if m.key in HEADLINE):
+            now, then = paired(new[arm], new[BASELINE], metric), paired(old[arm], old[BASELINE], metric)
+            if now and then and now.interval:
+                inside = "yes" if now.interval[0] <= then.mean <= now.interval[1] else "**no**"
+                body.append([arm, metric.unit, f"{then.mean:+.{metric.digits}f} ({then.n} seeds)",
+                             f"{now.text(metric.digits)}: {now.verdict}", inside])  # fmt: skip
+    if not body:
+        return []
+    return [f"Against the archived runs of `{regime}` (`results/archive/{regime}.jsonl`, made before the lock): the "
+            "archived mean paired difference to cross-entropy, the same under the lock, and whether the archived mean "
+            "lies in the new interval:", "",
+            *table(["arm", "metric", "archived", "under the lock", "archived mean in the interval"], body)]  # fmt: skip
+
+
+def render(regimes: dict[str, list[dict]], archived: list[str], archive: Path | None = None) -> tuple[str, str]:
     """RESULTS.md and the README summary block."""
     summary = [line for regime, rows in regimes.items() for line in headline(regime, with_tuned(by_arm(rows)))]
     head = [
@@ -305,7 +325,12 @@ def render(regimes: dict[str, list[dict]], archived: list[str]) -> tuple[str, st
         *(summary or ["No results under the lock yet."]),
         "",
     ]
-    body = [line for regime, rows in regimes.items() for line in regime_section(regime, rows)]
+    body = []
+    for regime, rows in regimes.items():
+        body += regime_section(regime, rows)
+        old = archive / f"{regime}.jsonl" if archive else None
+        if old and old.is_file():
+            body += against_archive(regime, rows, [json.loads(line) for line in old.read_text().splitlines()])
     tail = [
         "## Not cited",
         "",
@@ -334,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
     archived = sorted(path.stem for path in (args.results / "archive").glob("*.jsonl"))
-    results, block = render(load(args.results), archived)
+    results, block = render(load(args.results), archived, args.results / "archive")
     readme = with_summary(args.readme.read_text(), block)
     stale = [path for path, text in ((args.output, results), (args.readme, readme))
              if not path.is_file() or path.read_text() != text]  # fmt: skip

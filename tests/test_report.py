@@ -112,3 +112,21 @@ def test_a_tuned_arm_is_chosen_per_seed_on_validation_never_on_test():
     # seed 1 has no T = 1 run yet: not reported, rather than tuned on part of its grid
     assert [(r["seed"], r["chosen"]) for r in tuned["CS-KD queue, tuned"]] == [(0, "CS-KD queue (T=1, λ=2)")]
     assert "label smoothing, tuned" not in tuned  # no grid run at all
+
+
+def test_a_claim_from_the_archive_is_checked_against_the_runs_under_the_lock(tmp_path):
+    rng = np.random.default_rng(1)
+    base = [0.30 + 0.03 * rng.standard_normal() for _ in range(5)]
+    now = [row("cross-entropy", s, e) for s, e in enumerate(base)]
+    now += [row("CS-KD queue", s, e + 0.001 * rng.standard_normal()) for s, e in enumerate(base)]  # no gain now
+    write(tmp_path, now)
+    archived = [{k: v for k, v in r.items() if k != "provenance"} for r in now]
+    for r in archived:
+        if r["method"] == "CS-KD queue":
+            r["raw"] = {**r["raw"], "accuracy": r["raw"]["accuracy"] + 0.02}  # the archived claim: 2 points lower
+    (tmp_path / "results" / "archive" / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in archived))
+    run(tmp_path)
+    lines = (tmp_path / "RESULTS.md").read_text().splitlines()
+    error = next(x for x in lines if x.startswith("| CS-KD queue | error points | "))
+    assert float(error.split(" | ")[2].split(" (")[0]) == pytest.approx(-2.0, abs=0.1) and "(5 seeds)" in error
+    assert "no difference detected" in error and error.endswith("| **no** |")

@@ -1,7 +1,24 @@
-"""Calibration metrics from logits and labels: ECE, MCE, NLL, Brier, accuracy, reliability bins.
+"""Calibration metrics from logits and labels, with bootstrap confidence intervals.
 
-Everything is computed in float64 from log-softmax, so very large logits (over-confident
-models) give finite NLL. Inputs may be numpy arrays, torch tensors or lists.
+- `accuracy`: top-1.
+- `ece`: expected calibration error over `num_bins` equal-width bins of the top-label confidence,
+  Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| (Naeini et al. 2015; Guo et al. 2017); bins are (lo, hi].
+- `ace`: the same over `num_bins` equal-mass bins of the sorted top-label confidences (adaptive ECE,
+  Nixon et al. 2019, top-label as in torch-uncertainty), which no bin of a few examples can dominate.
+- `classwise_ece`: for every class k, the ECE of p_k against 1[y = k] over equal-width bins, averaged over
+  the classes (Kull et al. 2019): calibration of every probability, not only the top one.
+- `smece`: smooth ECE (Błasiok & Nakkiran, ICLR 2024), the top-label residuals smoothed with a reflected
+  Gaussian kernel whose width σ solves smECE_σ = σ; a consistent measure where binned ECE is not. It follows
+  `relplot.smECE` (same discretization; tested to 1e-4).
+- `mce`: the largest gap over the equal-width bins holding at least `min_bin_count` examples (over every
+  non-empty bin when none does): a bin of 2 examples has a gap of 0.5 by chance alone.
+- `nll`; `brier` = mean over examples of Σ_k (p_k − 1[k = y])² (range [0, 2]); `confidence`, the mean top-1
+  probability (above `accuracy`: over-confident on average).
+
+Everything is computed in float64 from log-softmax, so very large logits give finite NLL. With
+`bootstrap_resamples = R`, each metric also gets `<key>_ci = [low, high]`, the 2.5 and 97.5 percentiles over R
+resamples of the examples (seeded): every metric is a function of per-example weights, so all R resamples are
+computed at once (a resample is a row of multinomial counts). Inputs may be numpy arrays, torch tensors or lists.
 """
 
 from collections.abc import Callable
@@ -9,15 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 DEFAULT_NUM_BINS = 15
-
-
 MCE_MIN_COUNT = 10
-
-
-"""Bins with fewer examples are left out of MCE (and faded in the diagram): a bin of 2 examples has a gap of
-0.5 by chance alone and would set MCE. When no bin has that many, MCE is over every non-empty bin."""
+KEYS = ("accuracy", "ece", "ace", "classwise_ece", "smece", "mce", "nll", "brier", "confidence")
 
 
 def _as_numpy(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -41,22 +54,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def _bins(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, np.ndarray]:
+def _bin_ids(confidence: np.ndarray, num_bins: int) -> np.ndarray:
+    """Equal-width bins (lo, hi]; a confidence of 0 goes to the first."""
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    bin_ids = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
-    counts = np.bincount(bin_ids, minlength=num_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_confidence = np.bincount(bin_ids, weights=confidence, minlength=num_bins) / counts
-        accuracy = np.bincount(bin_ids, weights=correct, minlength=num_bins) / counts
-    return {
-        "edges": np.linspace(0.0, 1.0, num_bins + 1),
-        "counts": counts,
-        "confidence": mean_confidence,
-        "accuracy": accuracy,
-    }
+    return np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
 
 
 def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS) -> dict[str, np.ndarray]:
@@ -66,39 +68,177 @@ def reliability_bins(logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS)
     bin (confidence and accuracy are NaN for empty bins).
     """
     logits, labels = _as_numpy(logits, labels)
-    return _bins(np.exp(log_softmax(logits)), labels, num_bins)
+    probs = np.exp(log_softmax(logits))
+    confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(np.float64)
+    bins = _bin_ids(confidence, num_bins)
+    counts = np.bincount(bins, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "edges": np.linspace(0.0, 1.0, num_bins + 1),
+            "counts": counts,
+            "confidence": np.bincount(bins, weights=confidence, minlength=num_bins) / counts,
+            "accuracy": np.bincount(bins, weights=correct, minlength=num_bins) / counts,
+        }
 
 
-def calibration_metrics(
-    logits: Any, labels: Any, num_bins: int = DEFAULT_NUM_BINS, min_bin_count: int = MCE_MIN_COUNT
-) -> dict[str, float]:
-    """Top-1 accuracy, ECE and MCE (equal-width bins), NLL, the multi-class Brier score, mean confidence.
+# ---- every metric as a function of per-example weights W (R, N): one row per resample ----------------------------
 
-    ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)|; MCE = max of the gap over the bins holding at least
-    `min_bin_count` examples (over every non-empty bin when none does: `MCE_MIN_COUNT`).
-    Brier = mean over examples of Σ_k (p_k − 1[k = y])² (range [0, 2]). `confidence` is the mean
-    top-1 probability: above `accuracy`, the model is over-confident on average; below, under-confident.
-    """
-    logits, labels = _as_numpy(logits, labels)
-    log_probs = log_softmax(logits)
-    probs = np.exp(log_probs)
-    bins = _bins(probs, labels, num_bins)
-    filled = bins["counts"] > 0
-    gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
-    counted = bins["counts"][filled] >= min_bin_count
-    one_hot = np.eye(logits.shape[1])[labels]
+
+def _binned(weights: np.ndarray, bins: np.ndarray, residual: np.ndarray, num_bins: int) -> tuple[np.ndarray, ...]:
+    """Per row and bin: the weighted count and the weighted sum of residuals (confidence − correctness)."""
+    one_hot = np.eye(num_bins)[bins]
+    return weights @ one_hot, weights @ (one_hot * residual[:, None])
+
+
+def _mce(counts: np.ndarray, sums: np.ndarray, min_count: int) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gaps = np.where(counts > 0, np.abs(sums) / counts, -np.inf)
+    counted = np.where(counts >= min_count, gaps, -np.inf).max(axis=1)
+    return np.where(np.isfinite(counted), counted, gaps.max(axis=1))
+
+
+def _ace(weights: np.ndarray, confidence: np.ndarray, residual: np.ndarray, num_bins: int) -> np.ndarray:
+    """Equal-mass bins over each row's multiset of examples sorted by confidence (`np.array_split` sizes): an
+    example of weight w fills w consecutive positions, and a bin boundary may fall between its copies."""
+    order = np.argsort(confidence, kind="stable")
+    w, r = weights[:, order], residual[order]
+    total = int(round(weights[0].sum()))
+    sizes = [total // num_bins + (j < total % num_bins) for j in range(num_bins)]
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    filled, mass = np.cumsum(w, axis=1), np.cumsum(w * r, axis=1)
+    at = np.empty((len(w), num_bins + 1))  # residual mass of the first `bound` positions
+    for row in range(len(w)):
+        k = np.minimum(np.searchsorted(filled[row], bounds, side="right"), len(r) - 1)
+        before_filled = np.where(k > 0, filled[row, k - 1], 0.0)
+        before_mass = np.where(k > 0, mass[row, k - 1], 0.0)
+        at[row] = before_mass + (bounds - before_filled) * r[k]
+    at[:, 0], at[:, -1] = 0.0, mass[:, -1]
+    return np.abs(np.diff(at, axis=1)).sum(axis=1) / total
+
+
+def _classwise_ece(weights: np.ndarray, probs: np.ndarray, labels: np.ndarray, num_bins: int) -> np.ndarray:
+    """Σ over classes and bins of |Σ_i w_i (p_ik − 1[y_i = k])| / (N · K). A probability above 1/num_bins is rare
+    (fewer than num_bins per example): those go through a sparse product, and each class's first bin is its total
+    minus them, so that 20k classes cost one dense product."""
+    (n, k), r = probs.shape, len(weights)
+    dtype = torch.float64 if r == 1 else torch.float32  # the bootstrap's intervals need no more
+    w = torch.from_numpy(weights).to(dtype)
+    flat = (np.arange(r)[:, None] * k + labels).ravel()
+    totals = (w @ torch.from_numpy(probs).to(dtype)).double().numpy()  # (R, K): Σ_i w_i p_ik ...
+    totals -= np.bincount(flat, weights.ravel(), r * k).reshape(r, k)  # ... − Σ_i w_i 1[y_i = k]
+    rows, cols = np.nonzero(probs * num_bins > 1)  # the entries above the first bin
+    bins = _bin_ids(probs[rows, cols], num_bins)
+    residual = probs[rows, cols] - (labels[rows] == cols)
+    index = np.stack([cols * num_bins + bins, rows])
+    sparse = torch.sparse_coo_tensor(index, residual, (k * num_bins, n), check_invariants=False).to(dtype).coalesce()
+    upper = torch.sparse.mm(sparse, w.t()).t().double().numpy().reshape(r, k, num_bins)
+    first = totals - upper.sum(axis=2)
+    return (np.abs(first).sum(axis=1) + np.abs(upper).sum(axis=(1, 2))) / (n * k)
+
+
+def _gridded(weights: torch.Tensor, f: np.ndarray, values: np.ndarray, grid: int) -> np.ndarray:
+    """relplot's smooth_round_to_grid for every row of weights (R, N) and column of values (N, V): each example's
+    weighted value split linearly between its two nearest grid points. Returns (V, R, grid)."""
+    cell = (f * (grid - 1)).astype(int).clip(0, grid - 2)
+    frac = f * (grid - 1) - cell
+    n = len(f)
+    index = np.stack([np.concatenate([cell, cell + 1]), np.tile(np.arange(n), 2)])
+    split = torch.sparse_coo_tensor(index, np.concatenate([1 - frac, frac]), (grid, n), check_invariants=False)
+    split = split.to(weights.dtype).coalesce()
+    return np.stack([torch.sparse.mm(split, (weights * torch.from_numpy(v)).t()).t().numpy() for v in values.T])
+
+
+def _smooth(gridded: np.ndarray, sigma: float, t: np.ndarray) -> np.ndarray:
+    """relplot's ReflectedGaussianKernel.apply on gridded values (..., grid): convolved with a Gaussian of width
+    sigma reflected at 0 and 1 (by FFT, every row at once), interpolated at t."""
+    grid = gridded.shape[-1]
+    x = np.linspace(0, 1, grid)
+    kernel = np.exp(-((x - 0.5) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
+    extended = np.concatenate([gridded[..., ::-1][..., :-1], gridded, gridded[..., ::-1][..., 1:]], axis=-1)
+    size = 1 << (extended.shape[-1] + grid - 2).bit_length()  # the full linear convolution fits; a fast FFT length
+    full = np.fft.irfft(np.fft.rfft(extended, size) * np.fft.rfft(kernel, size), size)
+    smoothed = full[..., grid - 1 + grid // 2 : grid - 1 + grid // 2 + grid]  # np.convolve 'valid', relplot's cut
+    at = (t * (grid - 1)).astype(int).clip(0, grid - 2)
+    residue = (t - at / (grid - 1)) * (grid - 1)
+    return smoothed[..., at] * (1 - residue) + smoothed[..., at + 1] * residue
+
+
+def _smece(weights: np.ndarray, f: np.ndarray, y: np.ndarray, eps: float = 0.001, refine: int = 10) -> np.ndarray:
+    """relplot.smECE for every row of weights: the bisection for the σ where smECE_σ = σ (its `search_param`), then
+    smECE at that σ. Rows are grouped by their σ; the gridded values depend on σ only through the grid size."""
+    w, values, grids = torch.from_numpy(weights), np.stack([f - y, np.ones_like(f)], axis=1), {}
+
+    def at(sigma: np.ndarray) -> np.ndarray:  # relplot.metrics.smooth_ece(f, y, sigma) for every row
+        out = np.empty(len(weights))
+        for value in np.unique(sigma):
+            rows = sigma == value
+            grid = max(2000, round(20 / value)) // 2 + 1
+            if grid not in grids:
+                grids[grid] = _gridded(w, f, values, grid)
+            t = np.linspace(0, 1, max(round(10 / value), 200))
+            residuals, density = _smooth(grids[grid][:, rows], value, t)
+            out[rows] = np.abs(residuals).sum(axis=1) / (density + 1e-4).sum(axis=1)
+        return out
+
+    def holds(sigma: np.ndarray) -> np.ndarray:
+        return (sigma < eps) | (sigma < at(sigma))
+
+    start, end = np.ones(len(weights)), np.zeros(len(weights))
+    done = holds(start)
+    for _ in range(refine):
+        middle = (start + end) / 2
+        ok = holds(middle)
+        end, start = np.where(ok, middle, end), np.where(ok, start, middle)
+    return at(np.where(done, 1.0, start))
+
+
+def _metrics(weights: np.ndarray, probs: np.ndarray, log_probs: np.ndarray, labels: np.ndarray, num_bins: int,
+             min_bin_count: int) -> dict[str, np.ndarray]:  # fmt: skip
+    n = len(labels)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    residual = confidence - correct
+    counts, sums = _binned(weights, _bin_ids(confidence, num_bins), residual, num_bins)
     return {
-        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
-        "ece": float((bins["counts"][filled] / labels.size * gaps).sum()),
-        "mce": float(gaps[counted].max() if counted.any() else gaps.max()),
-        "nll": float(-log_probs[np.arange(labels.size), labels].mean()),
-        "brier": float(((probs - one_hot) ** 2).sum(axis=1).mean()),
-        "confidence": float(probs.max(axis=1).mean()),
+        "accuracy": weights @ correct / n,
+        "ece": np.abs(sums).sum(axis=1) / n,
+        "ace": _ace(weights, confidence, residual, num_bins),
+        "classwise_ece": _classwise_ece(weights, probs, labels, num_bins),
+        "smece": _smece(weights, confidence, correct),
+        "mce": _mce(counts, sums, min_bin_count),
+        "nll": weights @ -log_probs[np.arange(n), labels] / n,
+        "brier": weights @ ((probs**2).sum(axis=1) - 2 * probs[np.arange(n), labels] + 1) / n,
+        "confidence": weights @ confidence / n,
     }
 
 
+def calibration_metrics(
+    logits: Any,
+    labels: Any,
+    num_bins: int = DEFAULT_NUM_BINS,
+    min_bin_count: int = MCE_MIN_COUNT,
+    bootstrap_resamples: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every metric of the module docstring (`KEYS`); with `bootstrap_resamples` > 0 also `<key>_ci = [low, high]`,
+    a 95 % percentile-bootstrap interval over that many resamples of the examples, drawn with `seed`."""
+    logits, labels = _as_numpy(logits, labels)
+    log_probs = log_softmax(logits)
+    probs = np.exp(log_probs)
+    point = _metrics(np.ones((1, len(labels))), probs, log_probs, labels, num_bins, min_bin_count)
+    result: dict[str, Any] = {key: float(point[key][0]) for key in KEYS}
+    if bootstrap_resamples > 0:
+        rng = np.random.default_rng(seed)
+        counts = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=bootstrap_resamples)
+        resampled = _metrics(counts.astype(np.float64), probs, log_probs, labels, num_bins, min_bin_count)
+        for key in KEYS:
+            low, high = np.percentile(resampled[key], [2.5, 97.5])
+            result[f"{key}_ci"] = [float(low), float(high)]
+    return result
+
+
 def make_compute_metrics(num_bins: int = DEFAULT_NUM_BINS) -> Callable[[Any], dict[str, float]]:
-    """A `compute_metrics` for `Trainer` reporting accuracy, ECE, MCE, NLL and Brier."""
+    """A `compute_metrics` for `Trainer` reporting every metric of `calibration_metrics`."""
 
     def compute_metrics(eval_prediction: Any) -> dict[str, float]:
         logits = eval_prediction.predictions

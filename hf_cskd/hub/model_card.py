@@ -62,7 +62,8 @@ _TASK_BY_INPUT = {
     "input_features": "audio-classification",
 }
 # Metrics shown, in this order, when any result has them; the first four also go to the model-index.
-METRICS = {"accuracy": "Accuracy", "ece": "ECE", "nll": "NLL", "loss": "Loss", "mce": "MCE", "brier": "Brier"}
+METRICS = {"accuracy": "Accuracy", "ece": "ECE", "ace": "Adaptive ECE", "classwise_ece": "Classwise ECE",
+           "smece": "Smooth ECE", "nll": "NLL", "loss": "Loss", "mce": "MCE", "brier": "Brier"}  # fmt: skip
 MODEL_INDEX_METRICS = ("accuracy", "ece", "nll", "loss")
 # Only these training arguments reach the card: a whitelist, so no token or path can leak.
 CARD_HYPERPARAMETERS = (
