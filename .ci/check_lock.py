@@ -41,7 +41,9 @@ def needed(root: str, extras: set[str]) -> set[str]:
             continue  # reported as missing by the version check when it is pinned
         for text in requires:
             req = Requirement(text)
-            if req.marker is None or any(req.marker.evaluate({**default_environment(), "extra": e}) for e in wanted | {""}):
+            if req.marker is None or any(
+                req.marker.evaluate({**default_environment(), "extra": e}) for e in wanted | {""}
+            ):
                 todo.append((canonicalize_name(req.name), set(req.extras)))
     return seen
 
@@ -57,7 +59,9 @@ def main(lock: str, *extras: str) -> int:
     unpinned = sorted(needed("hf-cskd", set(extras)) - set(pins) - {"hf-cskd"})
     wrong += [f"{name}: needed by hf-cskd but not in {lock}" for name in unpinned]
     if wrong:
-        print(f"{lock}: the installed set differs from the lock (regenerate with .ci/lock, or reinstall with -c {lock}):")
+        print(
+            f"{lock}: the installed set differs from the lock (regenerate with .ci/lock, or reinstall with -c {lock}):"
+        )
         print("\n".join(f"  {w}" for w in wrong))
         return 1
     extra = len(set(installed) - set(pins) - {"hf-cskd"})
