@@ -100,84 +100,92 @@ def _mce(counts: np.ndarray, sums: np.ndarray, min_count: int) -> np.ndarray:
 def _ace(weights: np.ndarray, confidence: np.ndarray, residual: np.ndarray, num_bins: int) -> np.ndarray:
     """Equal-mass bins over each row's multiset of examples sorted by confidence (`np.array_split` sizes): an
     example of weight w fills w consecutive positions, and a bin boundary may fall between its copies."""
-    order = np.argsort(confidence, kind="stable")
-    w, r = weights[:, order], residual[order]
+    dtype = torch.float64 if len(weights) == 1 else torch.float32  # the bootstrap's intervals need no more
+    order = torch.from_numpy(np.argsort(confidence, kind="stable"))
+    w = torch.from_numpy(weights).to(dtype)[:, order]
+    r = torch.from_numpy(residual).to(dtype)[order]
     total = int(round(weights[0].sum()))
     sizes = [total // num_bins + (j < total % num_bins) for j in range(num_bins)]
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    filled, mass = np.cumsum(w, axis=1), np.cumsum(w * r, axis=1)
-    at = np.empty((len(w), num_bins + 1))  # residual mass of the first `bound` positions
-    for row in range(len(w)):
-        k = np.minimum(np.searchsorted(filled[row], bounds, side="right"), len(r) - 1)
-        before_filled = np.where(k > 0, filled[row, k - 1], 0.0)
-        before_mass = np.where(k > 0, mass[row, k - 1], 0.0)
-        at[row] = before_mass + (bounds - before_filled) * r[k]
+    bounds = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=dtype).expand(len(w), -1).contiguous()
+    filled, mass = torch.cumsum(w, dim=1), torch.cumsum(w * r, dim=1)
+    k = torch.searchsorted(filled, bounds, side="right").clamp(max=len(r) - 1)  # the example at each boundary
+    before = (k - 1).clamp(min=0)
+    before_filled = torch.where(k > 0, filled.gather(1, before), 0.0)
+    before_mass = torch.where(k > 0, mass.gather(1, before), 0.0)
+    at = before_mass + (bounds - before_filled) * r[k]  # residual mass of the first `bound` positions
     at[:, 0], at[:, -1] = 0.0, mass[:, -1]
-    return np.abs(np.diff(at, axis=1)).sum(axis=1) / total
+    return (at.diff(dim=1).abs().sum(dim=1) / total).double().numpy()
 
 
 def _classwise_ece(weights: np.ndarray, probs: np.ndarray, labels: np.ndarray, num_bins: int) -> np.ndarray:
     """Σ over classes and bins of |Σ_i w_i (p_ik − 1[y_i = k])| / (N · K). A probability above 1/num_bins is rare
-    (fewer than num_bins per example): those go through a sparse product, and each class's first bin is its total
-    minus them, so that 20k classes cost one dense product."""
+    (fewer than num_bins per example): those go through a sparse product over the (class, bin) pairs they fill, and
+    each class's first bin is its total minus them, so that 20k classes cost one dense product."""
     (n, k), r = probs.shape, len(weights)
     dtype = torch.float64 if r == 1 else torch.float32  # the bootstrap's intervals need no more
     w = torch.from_numpy(weights).to(dtype)
-    flat = (np.arange(r)[:, None] * k + labels).ravel()
-    totals = (w @ torch.from_numpy(probs).to(dtype)).double().numpy()  # (R, K): Σ_i w_i p_ik ...
-    totals -= np.bincount(flat, weights.ravel(), r * k).reshape(r, k)  # ... − Σ_i w_i 1[y_i = k]
+    label_index = torch.from_numpy(labels).expand(r, -1)
+    totals = w @ torch.from_numpy(probs).to(dtype) - torch.zeros(r, k, dtype=dtype).scatter_add_(1, label_index, w)
     rows, cols = np.nonzero(probs * num_bins > 1)  # the entries above the first bin
-    bins = _bin_ids(probs[rows, cols], num_bins)
+    pairs, column = np.unique(cols * num_bins + _bin_ids(probs[rows, cols], num_bins), return_inverse=True)
     residual = probs[rows, cols] - (labels[rows] == cols)
-    index = np.stack([cols * num_bins + bins, rows])
-    sparse = torch.sparse_coo_tensor(index, residual, (k * num_bins, n), check_invariants=False).to(dtype).coalesce()
-    upper = torch.sparse.mm(sparse, w.t()).t().double().numpy().reshape(r, k, num_bins)
-    first = totals - upper.sum(axis=2)
-    return (np.abs(first).sum(axis=1) + np.abs(upper).sum(axis=(1, 2))) / (n * k)
+    sparse = torch.sparse_coo_tensor(np.stack([column, rows]), residual, (len(pairs), n), check_invariants=False)
+    upper = (sparse.to(dtype).coalesce().to_sparse_csr() @ w.t().contiguous()).t()  # (R, filled pairs)
+    first = totals.index_add(1, torch.from_numpy(pairs // num_bins), upper, alpha=-1)
+    return ((first.abs().sum(dim=1) + upper.abs().sum(dim=1)) / (n * k)).double().numpy()
 
 
-def _gridded(weights: torch.Tensor, f: np.ndarray, values: np.ndarray, grid: int) -> np.ndarray:
-    """relplot's smooth_round_to_grid for every row of weights (R, N) and column of values (N, V): each example's
-    weighted value split linearly between its two nearest grid points. Returns (V, R, grid)."""
+def _spectrum(weights: torch.Tensor, f: np.ndarray, values: np.ndarray, grid: int) -> torch.Tensor:
+    """relplot's smooth_round_to_grid for every row of weights (R, N) and column of values (N, V) — each example's
+    weighted value split linearly between its two nearest grid points — reflected at 0 and 1 (its
+    ReflectedGaussianKernel) and Fourier-transformed, ready for any kernel width. Returns (V, R, size // 2 + 1)."""
     cell = (f * (grid - 1)).astype(int).clip(0, grid - 2)
     frac = f * (grid - 1) - cell
     n = len(f)
     index = np.stack([np.concatenate([cell, cell + 1]), np.tile(np.arange(n), 2)])
     split = torch.sparse_coo_tensor(index, np.concatenate([1 - frac, frac]), (grid, n), check_invariants=False)
-    split = split.to(weights.dtype).coalesce()
-    return np.stack([torch.sparse.mm(split, (weights * torch.from_numpy(v)).t()).t().numpy() for v in values.T])
+    split = split.to(weights.dtype).coalesce().to_sparse_csr()
+    values = torch.from_numpy(values).to(weights.dtype)
+    gridded = torch.stack([(split @ (weights * v).t()).t() for v in values.t()])
+    flipped = gridded.flip(-1)
+    extended = torch.cat([flipped[..., :-1], gridded, flipped[..., 1:]], dim=-1)
+    return torch.fft.rfft(extended, _fft_size(grid))
 
 
-def _smooth(gridded: np.ndarray, sigma: float, t: np.ndarray) -> np.ndarray:
-    """relplot's ReflectedGaussianKernel.apply on gridded values (..., grid): convolved with a Gaussian of width
-    sigma reflected at 0 and 1 (by FFT, every row at once), interpolated at t."""
-    grid = gridded.shape[-1]
-    x = np.linspace(0, 1, grid)
-    kernel = np.exp(-((x - 0.5) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
-    extended = np.concatenate([gridded[..., ::-1][..., :-1], gridded, gridded[..., ::-1][..., 1:]], axis=-1)
-    size = 1 << (extended.shape[-1] + grid - 2).bit_length()  # the full linear convolution fits; a fast FFT length
-    full = np.fft.irfft(np.fft.rfft(extended, size) * np.fft.rfft(kernel, size), size)
-    smoothed = full[..., grid - 1 + grid // 2 : grid - 1 + grid // 2 + grid]  # np.convolve 'valid', relplot's cut
-    at = (t * (grid - 1)).astype(int).clip(0, grid - 2)
-    residue = (t - at / (grid - 1)) * (grid - 1)
+def _fft_size(grid: int) -> int:
+    return 1 << (4 * grid - 4).bit_length()  # the full linear convolution of 3 grid - 2 and grid points fits
+
+
+def _smooth(spectrum: torch.Tensor, grid: int, sigma: float, t: np.ndarray) -> torch.Tensor:
+    """relplot's ReflectedGaussianKernel.apply from `_spectrum`: convolved with a Gaussian of width sigma (by FFT,
+    every row at once), cut as np.convolve 'valid' and relplot do, interpolated at t."""
+    x = torch.linspace(0, 1, grid, dtype=torch.float64)
+    kernel = torch.exp(-((x - 0.5) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
+    size = _fft_size(grid)
+    full = torch.fft.irfft(spectrum * torch.fft.rfft(kernel.to(spectrum.real.dtype), size), size)
+    smoothed = full[..., grid - 1 + grid // 2 : grid - 1 + grid // 2 + grid]
+    at = torch.from_numpy((t * (grid - 1)).astype(int).clip(0, grid - 2))
+    residue = torch.from_numpy((t - at.numpy() / (grid - 1)) * (grid - 1)).to(smoothed.dtype)
     return smoothed[..., at] * (1 - residue) + smoothed[..., at + 1] * residue
 
 
 def _smece(weights: np.ndarray, f: np.ndarray, y: np.ndarray, eps: float = 0.001, refine: int = 10) -> np.ndarray:
     """relplot.smECE for every row of weights: the bisection for the σ where smECE_σ = σ (its `search_param`), then
     smECE at that σ. Rows are grouped by their σ; the gridded values depend on σ only through the grid size."""
-    w, values, grids = torch.from_numpy(weights), np.stack([f - y, np.ones_like(f)], axis=1), {}
+    dtype = torch.float64 if len(weights) == 1 else torch.float32  # the bootstrap's intervals need no more
+    w, values, spectra = torch.from_numpy(weights).to(dtype), np.stack([f - y, np.ones_like(f)], axis=1), {}
 
     def at(sigma: np.ndarray) -> np.ndarray:  # relplot.metrics.smooth_ece(f, y, sigma) for every row
         out = np.empty(len(weights))
         for value in np.unique(sigma):
             rows = sigma == value
             grid = max(2000, round(20 / value)) // 2 + 1
-            if grid not in grids:
-                grids[grid] = _gridded(w, f, values, grid)
+            if grid not in spectra:
+                spectra[grid] = _spectrum(w, f, values, grid)
             t = np.linspace(0, 1, max(round(10 / value), 200))
-            residuals, density = _smooth(grids[grid][:, rows], value, t)
-            out[rows] = np.abs(residuals).sum(axis=1) / (density + 1e-4).sum(axis=1)
+            spectrum = spectra[grid] if rows.all() else spectra[grid][:, torch.from_numpy(rows)]
+            residuals, density = _smooth(spectrum, grid, value, t).double()
+            out[rows] = (residuals.abs().sum(dim=1) / (density + 1e-4).sum(dim=1)).numpy()
         return out
 
     def holds(sigma: np.ndarray) -> np.ndarray:
@@ -228,8 +236,9 @@ def calibration_metrics(
     point = _metrics(np.ones((1, len(labels))), probs, log_probs, labels, num_bins, min_bin_count)
     result: dict[str, Any] = {key: float(point[key][0]) for key in KEYS}
     if bootstrap_resamples > 0:
-        rng = np.random.default_rng(seed)
-        counts = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=bootstrap_resamples)
+        n, rows = len(labels), np.arange(bootstrap_resamples)[:, None]
+        drawn = np.random.default_rng(seed).integers(0, n, size=(bootstrap_resamples, n))  # n draws with replacement
+        counts = np.bincount((rows * n + drawn).ravel(), minlength=bootstrap_resamples * n).reshape(-1, n)
         resampled = _metrics(counts.astype(np.float64), probs, log_probs, labels, num_bins, min_bin_count)
         for key in KEYS:
             low, high = np.percentile(resampled[key], [2.5, 97.5])
