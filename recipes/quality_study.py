@@ -74,6 +74,7 @@ from transformers import (
     default_data_collator,
 )
 
+import hf_cskd
 from hf_cskd import CifarResNetConfig, CifarResNetForImageClassification, CSKDConfig, CSKDTrainer
 from hf_cskd.calibration.metrics import calibration_metrics
 from hf_cskd.calibration.temperature import fit_temperature
@@ -315,12 +316,16 @@ def provenance(command: str) -> dict:
         return all(installed.get(name.lower().replace("_", "-")) == version for name, version in filter(any, pins))
 
     locks = [lock.name for lock in sorted(RECIPES.parent.glob("constraints*.txt")) if matches(lock)]
+    library_here = Path(hf_cskd.__file__).resolve().parent.parent == RECIPES.resolve().parent
     return {
         "versions": {"python": platform.python_version(), **{name: version(name) for name in packages}},
         "lock": locks[0] if locks else None,  # the lock file this environment was installed from, if any
         "commit": {
             "sha": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            # dirty also when hf_cskd is imported from another tree (an editable install elsewhere): then this commit
+            # is not the library's code. Run from a worktree with PYTHONPATH=<worktree>.
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) or not library_here,
+            "library": str(Path(hf_cskd.__file__).parent),
         },
         "command": command,
         "machine": {

@@ -233,11 +233,14 @@ def provenance(rows: list[dict]) -> list[str]:
     commits = counted([x["commit"]["sha"][:7] + (" (uncommitted changes)" if x["commit"]["dirty"] else "") for x in p])
     machines = counted([f"{x['machine']['cores']} cores, {x['machine']['device']}" for x in p])
     hours = sum(r.get("wall_seconds", r["train_seconds"]) for r in rows) / 3600
+    notes = [f"- Note on the commit ({n} runs): {note}" for note, n in Counter(x["commit"].get("note") for x in p).items()
+             if note]  # fmt: skip
     return [
         f"- Made by: `{'`; `'.join(dict.fromkeys(x['command'] for x in p))}`",
         f"- Lock: {counted([str(x['lock']) for x in p])}; versions: {versions}",
         f"- Commit: {commits}; machine: {machines}; {len(rows)} runs, {hours:.1f} run-hours (the sum of each run's "
         "wall time; runs share the machine's cores)",
+        *notes,
     ]
 
 

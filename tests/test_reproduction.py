@@ -114,6 +114,8 @@ def test_quality_study_runs_resumes_and_reports(tmp_path, regime, request):
     assert {r["provenance"]["command"] for r in runs} == {shlex.join(["python", "recipes/quality_study.py",
                                                                       *command[2:]])}  # fmt: skip
     assert {r["provenance"]["versions"]["torch"] for r in runs} == {torch.__version__}
+    # the library the rows were made with is this tree's (else the commit would not describe it: marked dirty)
+    assert {Path(r["provenance"]["commit"]["library"]).resolve() for r in runs} == {(ROOT / "hf_cskd").resolve()}
     text = "\n".join(report.regime_section(regime, report.load(tmp_path)[results.stem]))
     assert "| CS-KD queue | 2 | " in text and re.search(r"\| CS-KD queue \| cross-entropy \| [-+]\d", text)
 
