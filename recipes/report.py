@@ -70,6 +70,15 @@ METRICS = [
         2,
     ),  # fmt: skip
     Metric("nll_ts", "NLL (after TS)", "NLL after temperature scaling", lambda r: (r["scaled"] or {}).get("nll"), 1, 3),
+    # the paper's second claim: within-class over between-class spread of penultimate features (hf_cskd.intra_class)
+    Metric(
+        "intra",
+        "intra-class",
+        "intra-class variation (ratio)",
+        lambda r: (r.get("intra_class") or {}).get("ratio"),
+        1,
+        3,
+    ),  # fmt: skip
 ]
 HEADLINE = ("error", "ece", "nll_ts")  # error, raw calibration, calibrated NLL
 

@@ -20,7 +20,8 @@ PROVENANCE = {"versions": {"python": "3.11", "torch": "2.13.0"}, "lock": "constr
 def row(method: str, seed: int, error: float, ece: float = 0.05, nll: float = 0.5) -> dict:
     metrics = {"accuracy": 1 - error, "ece": ece, "nll": nll}
     return {"regime": "toy", "method": method, "seed": seed, "per_class": 10, "raw": metrics, "scaled": metrics,
-            "temperature_fit": 1.0, "train_seconds": 1.0, "provenance": PROVENANCE}  # fmt: skip
+            "temperature_fit": 1.0, "train_seconds": 1.0, "provenance": PROVENANCE,
+            "intra_class": {"ratio": 1.0 + (method != "cross-entropy") * (0.1 + 0.01 * seed)}}  # fmt: skip
 
 
 def write(folder: Path, rows: list[dict]) -> None:
@@ -64,6 +65,8 @@ def test_results_and_readme_are_generated_and_checked(tmp_path):
     assert "CS-KD queue vs cross-entropy: **lower**" in line and "6/6 seeds lower" in line
     assert line in results  # README quotes the generated summary and nothing else
     assert "0123456" in results and "constraints.txt" in results  # what made the rows
+    intra = next(x for x in results.splitlines() if x.startswith("| CS-KD queue | cross-entropy | +0.125 ["))
+    assert intra.endswith("0/6 seeds lower | higher |")  # the paper's intra-class measure, paired too
     # A changed result makes the committed files stale; the verdict follows the numbers.
     rows[-1]["raw"]["accuracy"] = 0.0
     write(tmp_path, rows)
