@@ -144,7 +144,7 @@ def test_combination_arms_train_a_teacher_per_seed_and_compare_each_with_each_me
     for combined, alone in (("Mixup + CS-KD queue", "Mixup"), ("teacher KD + CS-KD queue", "CS-KD queue")):
         assert f"| {combined} | {alone} | " in text
     teacher_line = next(line for line in text.splitlines() if line.startswith(f"| {quality_study.TEACHER} | 2 |"))
-    assert teacher_line.count(" - |") == 3  # ECE and NLL after TS, fitted T
+    assert teacher_line.count(" - |") == 4  # ECE and NLL after TS, intra-class (not measured), fitted T
 
 
 def test_tuned_grid_jobs_and_the_second_step_at_the_chosen_lambda():
