@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import transformers
 import yaml
-from datasets import ClassLabel, DatasetDict, IterableDatasetDict, load_dataset
+from datasets import DatasetDict, IterableDatasetDict
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from hf_cskd import CSKDConfig, CSKDTrainer
@@ -33,6 +33,8 @@ from hf_cskd.calibration.metrics import calibration_metrics, make_compute_metric
 from hf_cskd.calibration.temperature import CalibrationNotApplied
 from hf_cskd.data.errors import ExampleLoadError, NamedRows
 from hf_cskd.data.seeded_rows import SeededRows
+from hf_cskd.data.splits import DataArguments as LabelledData
+from hf_cskd.data.splits import load_labelled_splits
 from hf_cskd.data.transforms import (
     InputSpec,
     describe_train_augmentation,
@@ -122,15 +124,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset id (or local dataset folder). Default: the embedded digits."}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "An imagefolder of training images (class/img)."})
-    validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder of validation images."})
-    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+class DataArguments(LabelledData):
+    """The library's data arguments (shared with `hf-cskd calibrate`) plus what only training needs."""
+
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train carved out (stratified) when there is no validation split."}
     )
@@ -141,9 +137,6 @@ class DataArguments:
             "help": "Keep a random subset of at most N training images per class (seeded by --seed), after the "
             "validation split is carved out: few-shot fine-tuning."
         },
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the validation and test sets (debugging)."}
     )
     crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest area fraction of the random crops."})
     horizontal_flip: bool = field(default=True, metadata={"help": "Randomly flip training images horizontally."})
@@ -210,57 +203,19 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, CSK
 
 
 def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
-    """train / validation / (test) splits from the Hub, an imagefolder or the embedded digits."""
+    """train / validation / (test) splits from the Hub, imagefolders or the embedded digits."""
     streaming = data_args.streaming
-    if data_args.dataset_name is not None:
-        raw = load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, streaming=streaming
-        )
-    elif data_args.train_dir is not None and split_folders(data_args.train_dir):
-        if data_args.validation_dir is not None:
-            raise ValueError(
-                f"--train_dir {data_args.train_dir} holds split sub-folders ({', '.join(split_folders(data_args.train_dir))}), "
-                "read as those splits, and --validation_dir names another validation split: drop --validation_dir."
-            )
-        raw = load_dataset("imagefolder", data_dir=data_args.train_dir, cache_dir=model_args.cache_dir,
-                           streaming=streaming)  # fmt: skip
-    elif data_args.train_dir is not None:
-        check_image_folder(data_args.train_dir, "--train_dir")
-        files = {"train": os.path.join(data_args.train_dir, "**")}
-        if data_args.validation_dir is not None:
-            check_image_folder(data_args.validation_dir, "--validation_dir")
-            files["validation"] = os.path.join(data_args.validation_dir, "**")
-        raw = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir, streaming=streaming)
-    else:
-        files = {split: str(EMBEDDED_DATA / f"{split}.parquet") for split in ("train", "test")}
-        raw = load_dataset("parquet", data_files=files, streaming=streaming)
-    if not isinstance(raw, DatasetDict | IterableDatasetDict) or "train" not in raw:
-        found = list(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"The dataset has no 'train' split (found {found}). Name the training split 'train'.")
-
-    columns = list(raw["train"].features or {}) if streaming else raw["train"].column_names
-    for flag, column in (
-        ("--image_column_name", data_args.image_column_name),
-        ("--label_column_name", data_args.label_column_name),
-    ):
-        if column not in columns:
-            raise ValueError(f"Column {column!r} not found in the dataset; it has {columns}. Pass {flag} <column>.")
-    label_feature = raw["train"].features[data_args.label_column_name]
-    if not isinstance(label_feature, ClassLabel):
-        if streaming:
-            raise ValueError(
-                f"--streaming needs the label column {data_args.label_column_name!r} to be a ClassLabel (the class "
-                f"names cannot be collected from a stream); it is {label_feature}. Cast it first, or drop --streaming."
-            )
-        raw = raw.class_encode_column(data_args.label_column_name)
+    embedded = {split: str(EMBEDDED_DATA / f"{split}.parquet") for split in ("train", "test")}
+    raw = load_labelled_splits(data_args, model_args.cache_dir, streaming, default_files=embedded)
     if streaming:
         return stream_splits(raw, data_args, seed)
-
     if "validation" not in raw:
         split = raw["train"].train_test_split(
             test_size=data_args.train_val_split, seed=seed, stratify_by_column=data_args.label_column_name
         )
         raw["train"], raw["validation"] = split["train"], split["test"]
+        if data_args.max_eval_samples is not None:
+            raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
     if data_args.max_train_samples_per_class is not None:
         raw["train"] = per_class_subset(
             raw["train"], data_args.label_column_name, data_args.max_train_samples_per_class, seed
@@ -269,49 +224,7 @@ def load_splits(data_args: DataArguments, model_args: ModelArguments, seed: int)
         raw["train"] = (
             raw["train"].shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(raw["train"]))))
         )
-    if data_args.max_eval_samples is not None:
-        for name in ("validation", "test"):
-            if name in raw:
-                raw[name] = raw[name].select(range(min(data_args.max_eval_samples, len(raw[name]))))
     return raw
-
-
-SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-               "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "test",
-               "evaluation": "test"}  # fmt: skip
-"""Sub-folder names `datasets`' imagefolder reads as splits (and the split each becomes)."""
-
-
-def split_folders(path: str) -> list[str]:
-    """The split sub-folders (`train/`, `validation/`, `test/`, ...) of an imagefolder, [] when it has none; a folder
-    mixing split and class sub-folders is refused (its test images would be trained on as a class)."""
-    root = Path(path)
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    splits = [name for name in folders if name.lower() in SPLIT_NAMES]
-    if splits and len(splits) < len(folders):
-        raise ValueError(
-            f"{path} mixes split sub-folders ({', '.join(splits)}) with class sub-folders "
-            f"({', '.join(sorted(set(folders) - set(splits)))}): put every class folder inside {path}/train/."
-        )
-    if splits and "train" not in {SPLIT_NAMES[name.lower()] for name in splits}:
-        raise ValueError(
-            f"{path} holds split sub-folders ({', '.join(splits)}) but no train/: add {path}/train/<class>/."
-        )
-    return splits
-
-
-def check_image_folder(path: str, flag: str) -> None:
-    """An imagefolder that is missing, empty or without class sub-folders, named with the layout expected."""
-    layout = f"one sub-folder per class holding its images: {path}/<class name>/<image> (e.g. {path}/cat/001.jpg)"
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{flag} {path}: no such folder. Expected {layout}.")
-    if next((p for p in root.rglob("*") if p.is_file()), None) is None:
-        raise ValueError(f"{flag} {path} holds no files. Expected {layout}.")
-    if not any(p.is_dir() for p in root.iterdir()):
-        raise ValueError(
-            f"{flag} {path} holds files but no class sub-folders, so there are no labels. Expected {layout}."
-        )
 
 
 def per_class_subset(dataset: datasets.Dataset, label_column: str, per_class: int, seed: int) -> datasets.Dataset:

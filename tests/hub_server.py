@@ -101,12 +101,12 @@ class Handler(BaseHTTPRequestHandler):
                     return self.reply(
                         409, {"error": "You already created this model repo", "url": f"{self.base_url()}/{repo_id}"}
                     )
-                self.state.repos[repo_id] = {"files": {}, "sha": "0" * 40, "private": bool(request.get("private")) or request.get("visibility") == "private",
+                self.state.repos[repo_id] = {"files": {}, "sha": "0" * 40, "type": request.get("type", "model"), "private": bool(request.get("private")) or request.get("visibility") == "private",
                                              "by": user}  # fmt: skip
             return self.reply(200, {"url": f"{self.base_url()}/{repo_id}"})
         parts = path.split("/")
-        # /api/models/{ns}/{name}/preupload/{rev}  or  /api/models/{ns}/{name}/commit/{rev}
-        if len(parts) >= 7 and parts[1:3] == ["api", "models"] and parts[5] in ("preupload", "commit"):
+        # /api/{models,spaces}/{ns}/{name}/preupload/{rev}  or  .../commit/{rev}
+        if len(parts) >= 7 and parts[1] == "api" and parts[2] in ("models", "spaces") and parts[5] in ("preupload", "commit"):
             repo_id = f"{parts[3]}/{parts[4]}"
             data = self.body()
             if not self.check_write(repo_id):

@@ -1,6 +1,8 @@
 """The calibration metrics against their reference implementations (torchmetrics, relplot), and the vectorized
 bootstrap against resampling done by hand."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import relplot
@@ -88,3 +90,47 @@ def test_bootstrap_intervals_are_seeded_and_as_wide_as_the_binomial_one():
     half = 1.96 * np.sqrt(accuracy * (1 - accuracy) / len(labels))
     assert low < accuracy < high and (high - low) / 2 == pytest.approx(half, rel=0.15)
     assert "accuracy_ci" not in calibration_metrics(logits, labels)  # only on request
+
+
+def test_resamples_drawn_in_chunks_give_the_intervals_of_one_draw(monkeypatch):
+    """Large data resample in chunks (bounded memory); the chunks continue one random stream, so the intervals
+    are those of drawing every resample at once."""
+    import hf_cskd.calibration.metrics as metrics
+
+    logits, labels = data(500, 6, 1.2)
+    whole = calibration_metrics(logits, labels, bootstrap_resamples=50, seed=4)
+    monkeypatch.setattr(metrics, "BOOTSTRAP_CHUNK", 3 * 500 + 7)  # chunks of 3 resamples, the last one of 2
+    chunked = calibration_metrics(logits, labels, bootstrap_resamples=50, seed=4)
+    for key in KEYS:
+        tolerance = 1e-6 if key in ("ace", "classwise_ece", "smece") else 1e-12  # float32 sums, batch-size rounding
+        assert chunked[f"{key}_ci"] == pytest.approx(whole[f"{key}_ci"], abs=tolerance), key
+
+
+def test_the_metric_space_loads_with_evaluate_and_pushes_as_a_space(tmp_path, monkeypatch):
+    """recipes/push_calibration_metric.py: the Space folder is self-contained (evaluate loads it, offline, and it
+    computes what the library does) and is created and uploaded as a Space (against the local Hub server)."""
+    import sys
+
+    import evaluate
+    from hub_server import start_server
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import push_calibration_metric
+
+    folder = push_calibration_metric.build_space(tmp_path / "calibration", "alice/calibration")
+    logits, labels = data(300, 5, 1.3)
+    module = evaluate.load(str(folder))
+    got = module.compute(predictions=logits.tolist(), references=labels.tolist(), bootstrap_resamples=50)
+    assert got == pytest.approx(calibration_metrics(logits, labels, bootstrap_resamples=50), abs=1e-12)
+
+    server, state = start_server()
+    try:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        push_calibration_metric.push_space(folder, "alice/calibration", token="hf_alice_write_token")
+    finally:
+        server.shutdown()
+    repo = state.repos["alice/calibration"]
+    assert repo["type"] == "space" and {"calibration.py", "calibration_metrics.py", "requirements.txt", "README.md",
+                                        "app.py"} <= set(repo["files"])  # fmt: skip
+    assert b"from hf_cskd" not in repo["files"]["calibration.py"]  # no import of the library: the Space needs none

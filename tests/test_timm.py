@@ -90,8 +90,8 @@ def test_a_calibrated_timm_checkpoint_carries_the_temperature_in_its_head(tmp_pa
     source = save_timm_checkpoint(tmp_path / "ckpt")
     fit = hf_cskd.calibration.temperature.fitted_calibration
 
-    def fixed_temperature(logits, labels, split):  # a random model's fit lands on a bound; bake a known T instead
-        record = {key: value for key, value in fit(logits, labels, split).items() if key != "warning"}
+    def fixed_temperature(logits, labels, split, bootstrap_resamples):  # a random model's fit lands on a bound; bake a known T instead
+        record = {key: value for key, value in fit(logits, labels, split, bootstrap_resamples).items() if key != "warning"}
         return {**record, "temperature": 2.5}
 
     monkeypatch.setattr(hf_cskd.calibration.temperature, "fitted_calibration", fixed_temperature)

@@ -21,6 +21,7 @@ resamples of the examples (seeded): every metric is a function of per-example we
 computed at once (a resample is a row of multinomial counts). Inputs may be numpy arrays, torch tensors or lists.
 """
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ import torch
 
 DEFAULT_NUM_BINS = 15
 MCE_MIN_COUNT = 10
+BOOTSTRAP_CHUNK = 10_000_000
+"""Resample counts held at once (80 MB of float64): 1,000 resamples of 10,000 examples in one chunk."""
 KEYS = ("accuracy", "ece", "ace", "classwise_ece", "smece", "mce", "nll", "brier", "confidence")
 
 
@@ -130,7 +133,9 @@ def _classwise_ece(weights: np.ndarray, probs: np.ndarray, labels: np.ndarray, n
     pairs, column = np.unique(cols * num_bins + _bin_ids(probs[rows, cols], num_bins), return_inverse=True)
     residual = probs[rows, cols] - (labels[rows] == cols)
     sparse = torch.sparse_coo_tensor(np.stack([column, rows]), residual, (len(pairs), n), check_invariants=False)
-    upper = (sparse.to(dtype).coalesce().to_sparse_csr() @ w.t().contiguous()).t()  # (R, filled pairs)
+    with warnings.catch_warnings():  # torch warns that sparse CSR is "beta"; this product is tested against dense
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        upper = (sparse.to(dtype).coalesce().to_sparse_csr() @ w.t().contiguous()).t()  # (R, filled pairs)
     first = totals.index_add(1, torch.from_numpy(pairs // num_bins), upper, alpha=-1)
     return ((first.abs().sum(dim=1) + upper.abs().sum(dim=1)) / (n * k)).double().numpy()
 
@@ -236,12 +241,15 @@ def calibration_metrics(
     point = _metrics(np.ones((1, len(labels))), probs, log_probs, labels, num_bins, min_bin_count)
     result: dict[str, Any] = {key: float(point[key][0]) for key in KEYS}
     if bootstrap_resamples > 0:
-        n, rows = len(labels), np.arange(bootstrap_resamples)[:, None]
-        drawn = np.random.default_rng(seed).integers(0, n, size=(bootstrap_resamples, n))  # n draws with replacement
-        counts = np.bincount((rows * n + drawn).ravel(), minlength=bootstrap_resamples * n).reshape(-1, n)
-        resampled = _metrics(counts.astype(np.float64), probs, log_probs, labels, num_bins, min_bin_count)
+        n, rng = len(labels), np.random.default_rng(seed)
+        chunks = []  # resamples in chunks of at most BOOTSTRAP_CHUNK counts: memory stays bounded for large N
+        for start in range(0, bootstrap_resamples, max(1, BOOTSTRAP_CHUNK // n)):
+            size = min(max(1, BOOTSTRAP_CHUNK // n), bootstrap_resamples - start)
+            drawn = rng.integers(0, n, size=(size, n))  # n draws with replacement per resample
+            counts = np.bincount((np.arange(size)[:, None] * n + drawn).ravel(), minlength=size * n).reshape(-1, n)
+            chunks.append(_metrics(counts.astype(np.float64), probs, log_probs, labels, num_bins, min_bin_count))
         for key in KEYS:
-            low, high = np.percentile(resampled[key], [2.5, 97.5])
+            low, high = np.percentile(np.concatenate([chunk[key] for chunk in chunks]), [2.5, 97.5])
             result[f"{key}_ci"] = [float(low), float(high)]
     return result
 

@@ -21,6 +21,8 @@ from ..models.classifier_head import find_classifier_layers
 from ..models.outputs import model_logits
 from .metrics import calibration_metrics
 
+BOOTSTRAP_RESAMPLES = 1000
+"""Resamples of the held-out examples behind each metric's 95 % interval in a calibration record."""
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The range `fit_temperature` searches. A fit on a bound means the held-out data cannot support a
 temperature (too few examples, random or wrong labels): real classifiers land well inside."""
@@ -62,9 +64,12 @@ def fit_temperature(
     return temperature
 
 
-def fitted_calibration(logits: Any, labels: Any, split: str = "validation") -> dict[str, Any]:
-    """Fit a temperature on held-out logits: T, the split, the metrics before and after, and a `warning` when T is
-    on a bound of the search (`temperature_on_bound`). What `calibration.json` and the model card record."""
+def fitted_calibration(
+    logits: Any, labels: Any, split: str = "validation", bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+) -> dict[str, Any]:
+    """Fit a temperature on held-out logits: T, the split and its size, the metrics before and after (each with a
+    95 % bootstrap interval, `<key>_ci`), and a `warning` when T is on a bound of the search
+    (`temperature_on_bound`). What `calibration.json` and the model card record."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a bound is stated in the record instead
         temperature = fit_temperature(logits, labels)
@@ -72,8 +77,9 @@ def fitted_calibration(logits: Any, labels: Any, split: str = "validation") -> d
     record = {
         "temperature": temperature,
         "split": split,
-        "before": calibration_metrics(logits, labels),
-        "after": calibration_metrics(logits / temperature, labels),
+        "examples": len(logits),
+        "before": calibration_metrics(logits, labels, bootstrap_resamples=bootstrap_resamples),
+        "after": calibration_metrics(logits / temperature, labels, bootstrap_resamples=bootstrap_resamples),
     }
     problem = temperature_on_bound(temperature, logits, labels, data=f"the {split} split")
     return record if problem is None else {**record, "warning": problem}
@@ -182,14 +188,14 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
 
 def calibrate_model(
     model: nn.Module, logits: Any, labels: Any, example_inputs: dict[str, Any], split: str = "validation",
-    bake_on_bound: bool = False,
+    bake_on_bound: bool = False, bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> tuple[dict[str, Any], Exception | None]:  # fmt: skip
     """Fit T on held-out `logits`/`labels` of `model` and bake it into its head; usable without a trainer.
 
     Returns the record for `calibration.json` and the card, and the error to raise when T was not baked (the model
     is then exactly as trained, and the record says so): `TemperatureOnBoundError` for a T on a bound of the search
     (unless `bake_on_bound`), `CalibrationNotApplied` for a head that cannot absorb it, or whatever else failed."""
-    record = fitted_calibration(logits, labels, split)
+    record = fitted_calibration(logits, labels, split, bootstrap_resamples)
     temperature = record["temperature"]
     if "warning" in record and not bake_on_bound:
         message = f"{record['warning']} The model was left uncalibrated (bake_on_bound=True bakes it)."

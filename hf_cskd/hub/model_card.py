@@ -17,9 +17,10 @@ from huggingface_hub.utils import validate_repo_id
 from ..calibration.metrics import MCE_MIN_COUNT
 
 
-def template_path() -> str:
-    """The one template, `model_cards/cskd_model_card.md`, shipped in the wheel as `hf_cskd.model_cards`."""
-    return str(resources.files("hf_cskd.model_cards") / "cskd_model_card.md")
+def template_path(name: str = "cskd_model_card.md") -> str:
+    """A template of `model_cards/` (the training card; `calibrated_model_card.md`: a checkpoint `hf-cskd calibrate`
+    calibrated), shipped in the wheel as `hf_cskd.model_cards`."""
+    return str(resources.files("hf_cskd.model_cards") / name)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,32 @@ def confidence_statement(metrics: dict[str, float]) -> str | None:
     )
 
 
+PERCENT_METRICS = ("accuracy", "ece", "ace", "classwise_ece", "smece", "mce")
+
+
+def metric_cell(metrics: dict[str, Any], key: str) -> str:
+    """One metric as a card shows it: percent or 4 decimals, with its 95 % interval when there is one."""
+    if key not in metrics:
+        return "-"
+    scale, form = (100, "{:.2f}") if key in PERCENT_METRICS else (1, "{:.4f}")
+    text = form.format(scale * metrics[key]) + ("%" if scale == 100 else "")
+    if f"{key}_ci" in metrics:
+        low, high = (form.format(scale * value) for value in metrics[f"{key}_ci"])
+        text += f" [{low}, {high}]"
+    return text
+
+
+def calibration_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A markdown table of calibration metrics, a row per label (e.g. "validation, before"), each cell with its
+    95 % bootstrap interval when the record has one. Empty when no row has metrics."""
+    columns = [key for key in METRICS if key != "loss" and any(key in metrics for metrics in rows.values())]
+    if not columns:
+        return ""
+    lines = ["| | " + " | ".join(METRICS[key] for key in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {row} | " + " | ".join(metric_cell(m, key) for key in columns) + " |" for row, m in rows.items()]
+    return "\n".join(lines)
+
+
 def build_model_card(
     *,
     model_name: str,
@@ -231,6 +258,10 @@ def build_model_card(
         pipeline_task=task,
         hyperparameters=hyperparameters or {},
         calibration=calibration,
+        calibration_table=calibration_table(
+            {f"{calibration.get('split')}, {when}": calibration[when] for when in ("before", "after")
+             if calibration.get(when) and any(key.endswith("_ci") for key in calibration[when])}
+        ),  # fmt: skip
         raw_statement=confidence_statement(calibration.get("before", first_results)),
         raw_split=calibration.get("split", eval_split),
         reliability_diagram=reliability_diagram,
@@ -324,4 +355,56 @@ def training_card(
         head_note=head_note,
         teacher=teacher,
         mixing=mixing,
+    )
+
+
+def calibrated_card(
+    model: Any,
+    source: str,
+    calibration: dict[str, Any],
+    dataset_name: str,
+    dataset_id: str | None = None,
+    revision: str | None = None,
+    diagrams: list[dict[str, str]] | None = None,
+    num_bins: int | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """The card of a checkpoint `hf-cskd calibrate` calibrated but did not train: what is known (the source model,
+    its architecture, T and where it was fitted) and the metrics before and after on each split measured."""
+    base_model = hub_id(source)
+    library_name = "timm" if getattr(model.config, "model_type", None) == "timm_wrapper" else "transformers"
+    splits = [(calibration["split"], calibration)] + [(name, m) for name, m in calibration.get("reported", {}).items()]
+    rows = {f"{split}, {when}": record[when] for split, record in splits for when in ("before", "after") if when in record}
+    report_split, report = splits[-1]
+    eval_results = [
+        EvalResult(task_type="image-classification", task_name="Image Classification",
+                   dataset_type=hub_id(dataset_id) or dataset_name, dataset_name=dataset_name,
+                   dataset_split=report_split, metric_type=key, metric_name=f"{METRICS[key]} ({when} temperature scaling)",
+                   metric_value=float(report[when][key]))
+        for when in ("before", "after") for key in MODEL_INDEX_METRICS if key in report.get(when, {})
+    ]  # fmt: skip
+    resamples = calibration.get("bootstrap_resamples")
+    card_data = ModelCardData(
+        base_model=base_model, datasets=[hub_id(dataset_id)] if hub_id(dataset_id) else None,
+        library_name=library_name, pipeline_tag="image-classification",
+        tags=sorted({"image-classification", "calibration", "temperature-scaling", "hf-cskd", library_name}),
+        metrics=["accuracy", "ece", "nll"], eval_results=eval_results, model_name=shown_name(repo_id) or "calibrated",
+    )  # fmt: skip
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path("calibrated_model_card.md"),
+        model_name=f"{shown_name(source)} (calibrated)",
+        base_model=base_model,
+        base_revision=revision if revision not in (None, "main") else None,
+        source_name=shown_name(source),
+        architecture=type(model).__name__,
+        num_labels=model.config.num_labels,
+        dataset_name=dataset_name,
+        calibration=calibration,
+        calibration_table=calibration_table(rows),
+        resamples=resamples,
+        num_bins=num_bins or "the default",
+        diagrams=diagrams or [],
+        repo_id=repo_id or "path/to/calibrated-model",
+        library_name=library_name,
     )
