@@ -166,3 +166,27 @@ def test_the_console_script_is_installed():
     assert executable, "pip install -e . installs the hf-cskd console script"
     done = subprocess.run([executable, "calibrate", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--validation_dir" in done.stdout and "--test_dir" in done.stdout
+
+
+def test_push_to_hub_publishes_the_calibrated_checkpoint_without_the_token(tmp_path, plain, monkeypatch, capsys):
+    """Against the local Hub server: the pushed repo holds the calibrated weights, card and record, no pickle and
+    no token; a repo of another user is refused in one line."""
+    from hub_server import start_server
+
+    folders, model = plain
+    server, state = start_server()
+    try:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        common = [str(model), "--validation_dir", str(folders["validation"]), "--bootstrap_resamples", "0",
+                  "--push_to_hub", "--hub_token", "hf_alice_write_token"]  # fmt: skip
+        calibrate([*common, "--output_dir", str(tmp_path / "a"), "--hub_model_id", "alice/plain-vit-calibrated"])
+        code, err = run([*common, "--output_dir", str(tmp_path / "b"), "--hub_model_id", "bob/stolen"], capsys)
+    finally:
+        server.shutdown()
+    files = state.repos["alice/plain-vit-calibrated"]["files"]
+    assert {"model.safetensors", "config.json", "calibration.json", "README.md", "reliability_diagram_after.png"} <= set(files)
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]
+    assert not [name for name, data in files.items() if b"hf_alice_write_token" in data]
+    assert b"alice/plain-vit-calibrated" in files["README.md"]  # the usage example names the repo
+    assert code == 1 and "bob/stolen" in err and "bob/stolen" not in state.repos

@@ -120,3 +120,28 @@ def test_image_size_is_written_into_the_timm_config(tmp_path):
     processor = AutoImageProcessor.from_pretrained(out)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8))
     assert processor(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 64, 64)  # and pipeline users
+
+
+def test_hf_cskd_calibrate_bakes_t_into_a_timm_checkpoint(tmp_path):
+    """`hf-cskd calibrate` on a timm checkpoint (trained elsewhere): the saved model's logits are the source's / T,
+    and the card is timm's."""
+    from conftest import write_imagefolder
+
+    from hf_cskd.calibration.command import main as calibrate
+    from hf_cskd.models.pretrained import load_config
+
+    source = save_timm_checkpoint(tmp_path / "ckpt")
+    config = load_config(str(source))  # without model_args' num_classes, which transformers 5.24 cannot load
+    labels = [config.id2label[k] for k in range(5)]
+    folder = write_imagefolder(tmp_path / "val", labels, per_class=4)
+    out = tmp_path / "out"
+    record = calibrate([str(source), "--validation_dir", str(folder), "--output_dir", str(out),
+                        "--bootstrap_resamples", "0"])  # fmt: skip
+    assert record["baked"] and record["temperature"] != 1
+    pixels = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        before = AutoModelForImageClassification.from_pretrained(source, config=config).eval()(pixel_values=pixels).logits
+        after = AutoModelForImageClassification.from_pretrained(out).eval()(pixel_values=pixels).logits
+    torch.testing.assert_close(after, before / record["temperature"], rtol=1e-4, atol=1e-5)
+    card = (out / "README.md").read_text()
+    assert "library_name: timm" in card and 'timm.create_model("hf-hub:' in card
