@@ -15,7 +15,7 @@ from test_recipe import free_port
 from test_trainer import grads, official_kd
 
 from hf_cskd import ClassPairedDataset, CSKDTrainer, class_wise_kd_loss
-from hf_cskd.targets.class_queue import NO_ID, ClassQueue
+from hf_cskd.targets.class_queue import NO_ID, ClassQueue, queue_bytes
 from hf_cskd.targets.collator import EXAMPLE_ID_KEY
 from hf_cskd.trainer.checkpoints import TARGETS_NAME
 
@@ -107,7 +107,7 @@ def test_bad_configurations_fail_before_training(tmp_path):
         training_args(tmp_path, cskd_mode="queues")
     with pytest.raises(ValueError, match="cskd_queue_size must be an integer >= 1, got 0"):
         training_args(tmp_path, cskd_mode="queue", cskd_queue_size=0)
-    with pytest.raises(ValueError, match=r"needs 3\.0 GiB .* Lower cskd_queue_size \(at most 5 fits\).*'pairs'"):
+    with pytest.raises(ValueError, match=r"needs 3\.0 GiB .* bfloat16 .*1\.5 GiB.*lower cskd_queue_size \(at most 5 fits\).*'pairs'"):
         queue_trainer(tmp_path, model=make_vit(num_labels=10_000), cskd_queue_size=8)
     with pytest.raises(ValueError, match="not a ClassPairedDataset"):
         queue_trainer(tmp_path, data=ClassPairedDataset(make_image_dataset()))
@@ -241,3 +241,58 @@ def test_two_processes_hold_identical_queues_and_draw_like_one_process(tmp_path)
                 "model.safetensors", TARGETS_NAME} <= {p.name for p in folder.iterdir()}, folder  # fmt: skip
     last = load_file(checkpoints[-1] / TARGETS_NAME)
     assert torch.equal(last["logits"], ranks[0]["queue.logits"])
+
+
+def trained_like_logits(num_labels: int, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Logits shaped like a trained classifier's: a class-specific pattern over all classes (std 2), a few
+    confusable classes (+5) and the true class (+9), plus per-example noise."""
+    pattern = torch.randn(num_labels, num_labels, generator=generator) * 2
+    near = torch.randint(0, num_labels, (num_labels, 5), generator=generator)
+    logits = pattern[rows] + 0.7 * torch.randn(len(rows), num_labels, generator=generator)
+    logits[torch.arange(len(rows)), rows] += 9
+    return logits.scatter_add_(1, near[rows], torch.full((len(rows), 5), 5.0))
+
+
+def test_a_bfloat16_queue_draws_alike_and_keeps_the_kd_term_within_1_percent():
+    """At 1,000 classes the bfloat16 queue draws the same entries as the float32 one (same seed, same pushes) and
+    its targets give the KD term to well within 1 % (bfloat16 rounds each logit by at most 2^-8 of itself)."""
+    generator = torch.Generator().manual_seed(0)
+    dense, half = ClassQueue(1000, 4, seed=3), ClassQueue(1000, 4, seed=3, dtype="bfloat16")
+    for step in range(12):
+        labels = torch.randint(0, 1000, (512,), generator=generator)
+        logits, ids = trained_like_logits(1000, labels, generator), torch.arange(512) + 512 * step
+        (exact, found), (rounded, found_half) = dense.draw_and_push(logits, labels, ids), half.draw_and_push(logits, labels, ids)
+        assert torch.equal(found, found_half)
+    assert half.logits.dtype == torch.bfloat16 and torch.equal(half.logits, dense.logits.to(torch.bfloat16))
+    student = trained_like_logits(1000, labels, generator)
+    reference = class_wise_kd_loss(student[found], exact[found], 4.0)
+    assert found.float().mean() > 0.9 and reference > 0.1
+    assert class_wise_kd_loss(student[found], rounded[found], 4.0) == pytest.approx(float(reference), rel=1e-2)
+
+
+def test_21843_classes_fit_in_one_gib_in_bfloat16_and_the_refusal_names_it():
+    with pytest.raises(ValueError, match=r"14\.2 GiB .* Store it in bfloat16 \(cskd_queue_dtype='bfloat16'"):
+        ClassQueue(21_843, 8, device="meta")
+    queue = ClassQueue(21_843, 1, dtype="bfloat16")  # ImageNet-21k, as allocated
+    held = sum(t.nbytes for t in (queue.logits, queue.ids, queue.filled, queue.head))
+    assert held <= 1024**3 and queue_bytes(21_843, 1, "bfloat16") <= held
+    assert queue_bytes(21_843, 1, "bfloat16") == queue.logits.nbytes + queue.ids.nbytes
+
+
+def test_a_bfloat16_queue_trains_checkpoints_and_refuses_a_float32_resume(tmp_path):
+    """CS-KD queue mode with a bfloat16 queue: the first step pushes exactly the float32 run's logits rounded, the
+    checkpoint holds the bfloat16 queue, and resuming it with another storage is refused with the fix."""
+    data = make_image_dataset(per_class=10)
+    common = dict(save_strategy="steps", save_steps=1, max_steps=1)
+    runs = {dtype: queue_trainer(tmp_path / dtype, model=make_vit(seed=2), data=data, cskd_queue_dtype=dtype, **common)
+            for dtype in ("float32", "bfloat16")}  # fmt: skip
+    for trainer in runs.values():
+        trainer.train()
+    queues = {dtype: trainer.cskd_targets.queue.logits for dtype, trainer in runs.items()}
+    assert torch.equal(queues["bfloat16"], queues["float32"].to(torch.bfloat16))
+    state = load_file(tmp_path / "bfloat16" / "out" / "checkpoint-1" / "cskd_targets.safetensors")
+    assert state["logits"].dtype == torch.bfloat16
+    resumed = queue_trainer(tmp_path / "r", model=make_vit(seed=2), data=data, cskd_queue_dtype="float32",
+                            save_strategy="no", max_steps=2)  # fmt: skip
+    with pytest.raises(ValueError, match=r"resume with the same cskd_queue_size, cskd_queue_dtype"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "bfloat16" / "out" / "checkpoint-1"))

@@ -338,6 +338,7 @@ def training_card(
             "temperature": cskd.cskd_temperature,
             "mode": cskd.cskd_mode,
             "queue_size": cskd.cskd_queue_size,
+            "queue_dtype": cskd.cskd_queue_dtype,
         },  # fmt: skip
         num_labels=model.config.num_labels,
         task=task_of(model, tasks),

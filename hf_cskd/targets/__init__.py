@@ -25,7 +25,7 @@ def target_source_key(settings: Any, num_labels: int | None, seed: int, accelera
     """What `make_target_source` builds from: a source built for an equal key serves as is (the per-step knobs,
     λ > 0 and T, are read at each step)."""
     return (settings.cskd_lambda > 0, settings.cskd_mode, settings.cskd_queue_size, settings.cskd_label_column,
-            settings.cskd_stream_buffer_size, num_labels, seed, id(accelerator))  # fmt: skip
+            settings.cskd_stream_buffer_size, num_labels, seed, id(accelerator), settings.cskd_queue_dtype)  # fmt: skip
 
 
 def make_target_source(
@@ -42,7 +42,8 @@ def make_target_source(
         if num_labels is None:
             raise ValueError("cskd_mode='queue' needs the number of classes: give the model a `config.num_labels`.")
         return QueueTargets(
-            num_labels, settings.cskd_queue_size, settings.cskd_label_column, seed, accelerator.device, accelerator
+            num_labels, settings.cskd_queue_size, settings.cskd_label_column, seed, accelerator.device, accelerator,
+            dtype=settings.cskd_queue_dtype,
         )
     return PairTargets(
         settings.cskd_label_column, num_labels, seed, stream_buffer_size=settings.cskd_stream_buffer_size

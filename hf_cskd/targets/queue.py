@@ -64,8 +64,9 @@ class QueueTargets(TargetSource):
         seed: int = 0,
         device: torch.device | str | None = None,
         accelerator: Accelerator | None = None,
+        dtype: str = "float32",
     ):
-        self.queue = ClassQueue(num_labels, size, seed=seed, device=device)
+        self.queue = ClassQueue(num_labels, size, seed=seed, device=device, dtype=dtype)
         self.label_column, self.accelerator = label_column, accelerator
 
     def prepare_dataset(self, dataset: Any) -> Any:
