@@ -11,7 +11,7 @@ logits from all processes before `draw_and_push`, so that every process holds th
 
 The buffers are K x C x C logits: 14.2 GiB in float32 at ImageNet-21k's 21,843 classes and K = 8.
 Stored in bfloat16 they take half (K = 1: 0.9 GiB there), and a target's KD term changes by about
-1e-5 of itself (bfloat16 keeps 8 bits of mantissa; the KD term compares softened probabilities).
+2e-5 of itself (bfloat16 keeps 8 bits of mantissa; the KD term compares softened probabilities).
 Keeping only each entry's top-k logits was measured and rejected: at T = 4 most of the probability
 mass lies outside any small top-k, and the KD term moved by 30 % to 200 % at 1,000 classes.
 """
