@@ -1,0 +1,47 @@
+"""CS-KD under each engine on 2 CPU processes (gloo), asserting the engine that really wrapped the model: FSDP2 (with
+the test-only shim of tests/scripts/engine_probe.py; accelerate 1.16 runs FSDP as DDP on CPU otherwise) computes the
+same losses and weights as DDP for pairs, queue and teacher KD, resumes exactly, and saves a checkpoint one process
+loads."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_processes
+from test_recipe import free_port
+from transformers import AutoModelForImageClassification
+
+PROBE = Path(__file__).parent / "scripts" / "engine_probe.py"
+
+
+def probe(engine: str, mode: str, output_dir: Path, *extra: str) -> dict:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(PROBE), engine, mode, str(output_dir), *extra]  # fmt: skip
+    done = run_processes(command, {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-5000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.parametrize("mode", ["pairs", "teacher"])  # teacher: queue mode + a teacher (queue alone: the resume test)
+def test_fsdp2_trains_cskd_like_ddp(tmp_path, mode):
+    ddp, fsdp = probe("ddp", mode, tmp_path / "ddp"), probe("fsdp2", mode, tmp_path / "fsdp2")
+    assert ddp["wrapped"] == "DistributedDataParallel" and not ddp["fsdp"] and ddp["world_size"] == 2
+    assert fsdp["wrapped"].startswith("FSDP") and fsdp["fsdp"] and fsdp["world_size"] == 2  # sharded for real
+    assert len(fsdp["losses"]) == len(ddp["losses"]) == 6
+    assert fsdp["losses"] == pytest.approx(ddp["losses"], abs=1e-4)
+    assert fsdp["checksum"] == pytest.approx(ddp["checksum"], rel=1e-5)
+    # The saved checkpoint is the whole model, loadable by one process.
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "fsdp2")
+    assert sum(p.double().abs().sum() for p in model.state_dict().values()) == pytest.approx(fsdp["checksum"], rel=1e-6)
+
+
+def test_fsdp2_resumes_exactly(tmp_path):
+    """Queue mode (the queue is part of the checkpoint) resumed under FSDP2 from step 3 ends as the run that went on."""
+    full = probe("fsdp2", "queue", tmp_path / "full")
+    resumed = probe("fsdp2", "queue", tmp_path / "resumed", "--resume", str(tmp_path / "full" / "checkpoint-3"))
+    assert resumed["wrapped"].startswith("FSDP") and full["steps_run"] == 6 and resumed["steps_run"] == 3
+    assert resumed["losses"][-3:] == pytest.approx(full["losses"][3:], abs=1e-5)  # steps 4-6, after the resume
+    assert resumed["checksum"] == pytest.approx(full["checksum"], rel=1e-6)
