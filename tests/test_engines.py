@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_processes
 from test_recipe import free_port
 from transformers import AutoModelForImageClassification
@@ -25,7 +26,8 @@ def probe(engine: str, mode: str, output_dir: Path, *extra: str) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-@pytest.mark.parametrize("mode", ["pairs", "teacher"])  # teacher: queue mode + a teacher (queue alone: the resume test)
+@pytest.mark.parametrize("mode", ["teacher"])  # queue mode + a teacher (queue alone: the resume test). "pairs" passes
+# too (seen 2026-12-03) but is left out of CI for time (CI total <= 25 min on 2 cores)
 def test_fsdp2_trains_cskd_like_ddp(tmp_path, mode):
     ddp, fsdp = probe("ddp", mode, tmp_path / "ddp"), probe("fsdp2", mode, tmp_path / "fsdp2")
     assert ddp["wrapped"] == "DistributedDataParallel" and not ddp["fsdp"] and ddp["world_size"] == 2
@@ -45,3 +47,29 @@ def test_fsdp2_resumes_exactly(tmp_path):
     assert resumed["wrapped"].startswith("FSDP") and full["steps_run"] == 6 and resumed["steps_run"] == 3
     assert resumed["losses"][-3:] == pytest.approx(full["losses"][3:], abs=1e-5)  # steps 4-6, after the resume
     assert resumed["checksum"] == pytest.approx(full["checksum"], rel=1e-6)
+
+
+def test_the_main_job_under_fsdp2_trains_calibrates_and_writes_the_card(tmp_path):
+    """`recipes/train_vit.py` under FSDP2 (2 CPU processes): every process bakes the same T into its shard of the
+    head, so the saved checkpoint is the uncalibrated run's with the head divided by T."""
+    from safetensors.torch import load_file
+
+    fsdp = ["--fsdp", "full_shard", "--fsdp_config", json.dumps(
+        {"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT", "transformer_layer_cls_to_wrap": ["ViTLayer"]})]  # fmt: skip
+    flags = ["--max_steps", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples",
+             "64", *fsdp]  # fmt: skip
+    script = Path(__file__).parent / "scripts" / "main_job_engine.py"
+    runs = {}
+    for name, extra in (("calibrated", []), ("raw", ["--no_calibrate"])):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(free_port()), str(script), *flags, *extra, "--output_dir", str(tmp_path / name)]  # fmt: skip
+        done = run_processes(command, {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-5000:]
+        runs[name] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        assert runs[name]["wrapped"].startswith("FSDP") and runs[name]["world_size"] == 2
+    temperature = json.loads((tmp_path / "calibrated" / "calibration.json").read_text())["temperature"]
+    calibrated, raw = (load_file(tmp_path / name / "model.safetensors") for name in ("calibrated", "raw"))
+    for key in ("classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(calibrated[key] * temperature, raw[key], rtol=1e-4, atol=1e-6)
+    assert json.loads((tmp_path / "calibrated" / "config.json").read_text())["calibration_temperature"] == temperature
+    assert "calibrated by temperature scaling" in (tmp_path / "calibrated" / "README.md").read_text()

@@ -141,6 +141,23 @@ def full_precision(model: nn.Module) -> Iterator[None]:
             tensor.data = tensor.data.to(dtype)
 
 
+def fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The FSDP2-sharded modules of `model` ([] for any other model)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without FSDP2
+        return []
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def register_shards(model: nn.Module) -> None:
+    """Under FSDP2 a forward leaves gathered copies of some parameters registered (the root module's always), while the
+    shards are what the engine saves: register the shards again, so that an edit reaches the saved model and the next
+    forward gathers the edited values. A no-op for any other model."""
+    for module in fsdp_modules(model):
+        module.reshard()
+
+
 @torch.no_grad()
 def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[str, Any] | None = None) -> nn.Module:
     """Divide the classifier head's weight and bias by `temperature`, in place.
@@ -152,18 +169,22 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
+    register_shards(model)
     layers = find_classifier_layers(model)
     originals = [(p, p.detach().clone()) for layer in layers for p in (layer.weight, layer.bias) if p is not None]
     was_training = model.training
     model.eval()
     # Under fp16/bf16, Accelerate wraps `forward` in autocast: check in full precision, on the original.
-    forward = getattr(model, "_original_forward", model.forward)
+    # FSDP2 gathers parameters in hooks of the call: call the module (fp32 runs; under FSDP2 + fp16/bf16 the check
+    # sees the engine's precision).
+    forward = model if fsdp_modules(model) else getattr(model, "_original_forward", model.forward)
     inputs = {
         k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in (example_inputs or {}).items()
     }
     try:
         with full_precision(model):
             before = model_logits(forward(**inputs)) if example_inputs is not None else None
+            register_shards(model)  # the edit below goes to the parameters the forward left registered: the shards
             for parameter, _ in originals:
                 parameter.div_(temperature)
             if before is not None and not torch.allclose(
@@ -174,10 +195,12 @@ def bake_temperature(model: nn.Module, temperature: float, example_inputs: dict[
                     "unchanged. Divide the logits by the temperature at inference instead."
                 )
     except BaseException:  # whatever failed, the head is restored exactly: a record can say "not baked"
+        register_shards(model)
         for parameter, original in originals:
             parameter.data.copy_(original)
         raise
     finally:
+        register_shards(model)
         model.train(was_training)
     config = getattr(model, "config", None)
     if config is not None:

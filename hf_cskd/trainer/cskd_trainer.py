@@ -202,9 +202,14 @@ class CSKDTrainer(Trainer):
         """Fit T on held-out data (never the test split), bake it into the head and return it. When T is not baked
         (`calibration.temperature.calibrate_model` says when) the model stays as trained, `self.calibration` records
         why (for `calibration.json` and the card), and the error says what to do."""
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            raise ValueError("calibrate() changes the classification head in place, which sharded (FSDP/DeepSpeed) "
-                             "models do not allow. Save the model, then calibrate the saved checkpoint in one process.")  # fmt: skip
+        # FSDP2 shards are DTensors: every process divides its shard of the head by the same T (fitted on the same
+        # gathered logits) and takes part in the checking forward. FSDP1's flat parameters and DeepSpeed's
+        # partitions cannot be edited in place.
+        fsdp2 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2
+        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and not fsdp2):
+            raise ValueError("calibrate() changes the classification head in place, which FSDP1 and DeepSpeed models "
+                             "do not allow: train with --no_calibrate, then `hf-cskd calibrate OUTPUT_DIR "
+                             "--validation_dir DIR` calibrates the saved checkpoint in one process.")  # fmt: skip
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("calibrate() needs held-out data: pass `eval_dataset` or give the trainer one.")
