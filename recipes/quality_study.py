@@ -273,6 +273,7 @@ def run_finetune(job: dict, keep: Path | None = None) -> dict:
                 "--eval_strategy", "no", "--save_strategy", "no", "--cskd_lambda", str(job["lambda"]),
                 "--cskd_temperature", str(job["temperature"]), "--cskd_mode", job["mode"],
                 "--label_smoothing_factor", str(job["label_smoothing"]), "--disable_tqdm", "true", "--log_level", "error",
+                "--bootstrap_resamples", "0",  # the study's intervals are over seeds (recipes/report.py)
             ])  # fmt: skip
         test = json.loads((output_dir / "test_results.json").read_text())
         seconds = json.loads((output_dir / "train_results.json").read_text())["train_runtime"]

@@ -30,7 +30,7 @@ from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification,
 from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration.diagram import plot_reliability_diagram
 from hf_cskd.calibration.metrics import calibration_metrics, make_compute_metrics
-from hf_cskd.calibration.temperature import CalibrationNotApplied
+from hf_cskd.calibration.temperature import BOOTSTRAP_RESAMPLES, CalibrationNotApplied
 from hf_cskd.data.errors import ExampleLoadError, NamedRows
 from hf_cskd.data.seeded_rows import SeededRows
 from hf_cskd.data.splits import DataArguments as LabelledData
@@ -148,6 +148,10 @@ class DataArguments(LabelledData):
         },
     )
     num_bins: int = field(default=15, metadata={"help": "Confidence bins of ECE/MCE and the reliability diagram."})
+    bootstrap_resamples: int = field(
+        default=BOOTSTRAP_RESAMPLES,
+        metadata={"help": "Resamples behind the 95 percent interval of each calibration metric (0: none, faster)."},
+    )
     streaming: bool = field(
         default=False,
         metadata={
@@ -449,7 +453,8 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     temperature = None
     if data_args.calibrate:
         try:
-            temperature = trainer.calibrate(validation, split_name="validation")
+            temperature = trainer.calibrate(validation, split_name="validation",
+                                            bootstrap_resamples=data_args.bootstrap_resamples)  # fmt: skip
         except CalibrationNotApplied as error:  # kept raw (T on a bound, or a head that cannot absorb it): said in
             # the summary, calibration.json and the card
             logger.warning(str(error))

@@ -30,7 +30,8 @@ import train_vit  # noqa: E402
 from tiny_image_classifiers import EXCLUDED, NO_IMAGE_PROCESSOR, SIZE, SIZES, TIMM, TINY_CONFIGS  # noqa: E402
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_train_samples",
-        "40", "--max_eval_samples", "24", "--eval_strategy", "no", "--logging_steps", "1", "--ignore_mismatched_sizes"]  # fmt: skip
+        "40", "--max_eval_samples", "24", "--eval_strategy", "no", "--logging_steps", "1", "--ignore_mismatched_sizes",
+        "--bootstrap_resamples", "0"]  # fmt: skip
 
 
 def test_every_architecture_is_covered_or_excluded_with_a_reason():

@@ -182,7 +182,7 @@ def test_model_card_holds_the_computed_metrics_and_no_token(tmp_path):
     )
     trainer.train()
     before = trainer.evaluate(test, metric_key_prefix="test")
-    temperature = trainer.calibrate(held_out)
+    temperature = trainer.calibrate(held_out, bootstrap_resamples=0)
     after = trainer.evaluate(test, metric_key_prefix="test")
     trainer.save_model()
     strip = lambda m: {k[5:]: v for k, v in m.items() if k.startswith("test_")}  # noqa: E731

@@ -204,7 +204,7 @@ def test_temperature_scaling_after_mixup_is_fitted_on_unmixed_predictions(tmp_pa
     out = tmp_path / "out"
     trainer = train_vit.main(["--output_dir", str(out), "--mixup_alpha", "1.0", "--max_steps", "30",
                               "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples",
-                              "64", "--save_strategy", "no"])  # fmt: skip
+                              "64", "--save_strategy", "no", "--bootstrap_resamples", "0"])  # fmt: skip
     calibration = json.loads((out / "calibration.json").read_text())
     temperature = calibration["temperature"]
     # The validation predictions of the saved (baked) model, times T, are the trained model's raw ones: T fitted on

@@ -84,9 +84,10 @@ def test_image_card_states_the_measured_calibration(tmp_path):
         model=make_vit(), args=args, train_dataset=train, eval_dataset=held_out, compute_metrics=compute_metrics
     )
     trainer.train()
-    temperature = trainer.calibrate(held_out)
+    temperature = trainer.calibrate(held_out, bootstrap_resamples=0)  # no intervals: the card claims none
     trainer.create_model_card()
     header, text = card_header(tmp_path / "out" / "README.md")
+    assert trainer.calibration["bootstrap_resamples"] == 0 and "bootstrap interval" not in text
     before = trainer.calibration["before"]
     direction = "over-confident" if before["confidence"] > before["accuracy"] else "under-confident"
     assert f"the model as trained was {direction}: mean confidence {100 * before['confidence']:.1f}%" in text
@@ -104,7 +105,7 @@ def test_a_temperature_on_its_bound_is_not_baked_and_is_stated_in_calibration_js
     perfect = data.remove_columns("label").add_column("label", predicted.tolist())
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(TemperatureOnBoundError, match="reached the bound 0.05.*left uncalibrated"):
-        trainer.calibrate(perfect, split_name="validation")
+        trainer.calibrate(perfect, split_name="validation", bootstrap_resamples=0)
     assert all(torch.equal(v, weights[k]) for k, v in trainer.model.state_dict().items())  # nothing baked
     assert not hasattr(trainer.model.config, "calibration_temperature")
     warning = trainer.calibration["warning"]
@@ -117,10 +118,10 @@ def test_a_temperature_on_its_bound_is_not_baked_and_is_stated_in_calibration_js
     assert f"Temperature scaling was **not applied** (the checkpoint is the model as trained): {warning}" in text
     assert "calibrated by temperature scaling" not in text
     # Baked on request: then the card keeps the caution.
-    assert trainer.calibrate(perfect, split_name="validation", bake_on_bound=True) == 0.05
+    assert trainer.calibrate(perfect, split_name="validation", bake_on_bound=True, bootstrap_resamples=0) == 0.05
     trainer.create_model_card()
     assert f"**Caution:** {warning}" in (tmp_path / "out" / "README.md").read_text()
-    trainer.calibrate(make_image_dataset(seed=2))  # a fit inside the bounds: no caution
+    trainer.calibrate(make_image_dataset(seed=2), bootstrap_resamples=0)  # a fit inside the bounds: no caution
     assert "warning" not in trainer.calibration
 
 

@@ -15,13 +15,15 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
 import hf_cskd.losses.training_loss
-from hf_cskd.calibration.metrics import calibration_metrics
+from hf_cskd.calibration.metrics import KEYS, calibration_metrics
+from hf_cskd.hub.model_card import metric_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 import train_vit  # noqa: E402
 
-FAST = ["--max_steps", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples", "64"]
+FAST = ["--max_steps", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples", "64",
+        "--bootstrap_resamples", "0"]  # intervals: the default run's test reads them
 
 
 def free_port() -> int:
@@ -35,7 +37,7 @@ def run(tmp_path, *flags):
 
 
 def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path, capsys):
-    trainer = run(tmp_path)  # calibrated by default
+    trainer = run(tmp_path, "--bootstrap_resamples", "1000")  # calibrated by default, with the default intervals
     out = tmp_path / "out"
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "reliability_diagram.png",
                  "test_results.json", "calibration.json", "training_args.json"):  # fmt: skip
@@ -48,6 +50,14 @@ def test_default_run_writes_a_reloadable_calibrated_checkpoint(tmp_path, capsys)
     assert results["test_raw_accuracy"] == results["test_accuracy"]  # scaling never changes a prediction
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["temperature"] == pytest.approx(results["temperature"]) and calibration["split"] == "validation"
+    # Every metric before and after with its interval, and the card shows them as recorded.
+    assert calibration["bootstrap_resamples"] == 1000 and calibration["examples"] == 64
+    card = (out / "README.md").read_text()
+    for when in ("before", "after"):
+        for key in KEYS:
+            low, high = calibration[when][f"{key}_ci"]
+            assert low <= high
+        assert metric_cell(calibration[when], "ece") in card and metric_cell(calibration[when], "nll") in card
     summary = capsys.readouterr().out
     assert results["method"] == "CS-KD (queue)"  # the embedded run's default mode
     assert f"CS-KD (queue) + temperature scaling (T = {results['temperature']:.3f})" in summary
@@ -249,7 +259,7 @@ def test_metrics_on_the_report_split_match_calibration_functions(tmp_path):
 @pytest.mark.parametrize(
     "name, distributed_type, precision",
     [("cpu", "NO", "no"), ("multi_gpu_fp16", "MULTI_GPU", "fp16"), ("multi_gpu_bf16", "MULTI_GPU", "bf16"),
-     ("fsdp", "FSDP", "bf16"), ("deepspeed_zero2", "DEEPSPEED", "bf16")],
+     ("fsdp", "FSDP", "bf16"), ("deepspeed_zero2", "DEEPSPEED", "bf16"), ("deepspeed_zero3", "DEEPSPEED", "bf16")],
 )  # fmt: skip
 def test_accelerate_configs_load(name, distributed_type, precision):
     from accelerate.commands.config.config_args import load_config_from_file

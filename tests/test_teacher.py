@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import train_vit  # noqa: E402
 
 FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_eval_samples", "32",
-        "--save_strategy", "no", "--logging_steps", "1"]  # fmt: skip
+        "--save_strategy", "no", "--logging_steps", "1", "--bootstrap_resamples", "0"]  # fmt: skip
 
 
 def hinton_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

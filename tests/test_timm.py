@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import train_vit  # noqa: E402
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_train_samples", "40",
-        "--max_eval_samples", "24", "--eval_strategy", "no", "--logging_steps", "1"]  # fmt: skip
+        "--max_eval_samples", "24", "--eval_strategy", "no", "--logging_steps", "1", "--bootstrap_resamples", "0"]  # fmt: skip
 
 
 def save_timm_checkpoint(folder: Path, name: str = "test_efficientnet", num_classes: int = 5) -> Path:

@@ -78,6 +78,7 @@ def fitted_calibration(
         "temperature": temperature,
         "split": split,
         "examples": len(logits),
+        "bootstrap_resamples": bootstrap_resamples,
         "before": calibration_metrics(logits, labels, bootstrap_resamples=bootstrap_resamples),
         "after": calibration_metrics(logits / temperature, labels, bootstrap_resamples=bootstrap_resamples),
     }

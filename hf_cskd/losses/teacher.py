@@ -6,6 +6,7 @@ teacher only ever predicts: eval mode, no gradient, never a submodule of the stu
 its checkpoints or pushes), on the student's device and under the student's mixed precision.
 """
 
+import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -55,6 +56,29 @@ def freeze_teacher(teacher: nn.Module, device: torch.device | str) -> nn.Module:
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher.to(device)
+
+
+def deepspeed_teacher(teacher: nn.Module, deepspeed_config: dict[str, Any]) -> nn.Module:
+    """The frozen teacher inside its own DeepSpeed engine, for inference only (as TRL prepares a reference model).
+
+    Why: accelerate leaves mixed precision and ZeRO-3 sharding to DeepSpeed, so a bare teacher runs in the dtype it
+    was loaded in, whole on every process, and a teacher that `from_pretrained` loaded while ZeRO-3 was configured
+    arrives partitioned and cannot run outside an engine at all. Here it takes the student's precision and, under
+    ZeRO-3, is sharded like the student; below ZeRO-3 it is not sharded (stage 0: nothing of it is trained). No
+    optimizer, no scheduler; "auto" values the trainer fills only for the student are left to DeepSpeed."""
+    import deepspeed  # only installed where a DeepSpeed config is given
+
+    def settled(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: settled(item) for key, item in value.items() if item != "auto"}
+        return value
+
+    config = settled({k: v for k, v in copy.deepcopy(deepspeed_config).items() if k not in ("optimizer", "scheduler")})
+    if config.get("zero_optimization", {}).get("stage", 0) != 3:
+        config["zero_optimization"] = {"stage": 0}
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
 
 
 @torch.no_grad()

@@ -21,12 +21,12 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from ..calibration.temperature import calibrate_model
+from ..calibration.temperature import BOOTSTRAP_RESAMPLES, calibrate_model
 from ..data.errors import NamedRows, transformed_rows
 from ..hub.model_card import training_card
 from ..hub.push import explained_refusals, upload_or_explain, write_hub_gitignore
 from ..losses.mixing import BatchMixer
-from ..losses.teacher import check_same_label_space, freeze_teacher, teacher_logits
+from ..losses.teacher import check_same_label_space, deepspeed_teacher, freeze_teacher, teacher_logits
 from ..losses.training_loss import CSKDLoss, StepTerms
 from ..models.outputs import check_single_label_classifier, loss_first
 from ..targets import EpochCallback, QueueTargets, TargetSource, make_target_source, target_source_key
@@ -54,6 +54,9 @@ class CSKDTrainer(Trainer):
         if teacher_model is not None:
             check_same_label_space(self.accelerator.unwrap_model(self.model), teacher_model)
             self.teacher_model = freeze_teacher(teacher_model, self.args.device)
+            if self.is_deepspeed_enabled:  # sharded (ZeRO-3) and in the student's precision, like the student
+                self.teacher_model = deepspeed_teacher(self.teacher_model,
+                                                       self.accelerator.state.deepspeed_plugin.deepspeed_config)  # fmt: skip
         self.add_callback(EpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
@@ -132,6 +135,9 @@ class CSKDTrainer(Trainer):
             if self.cskd_targets is not None:
                 self._signature_columns += self.cskd_targets.input_names(self._signature_columns)
 
+    def _unwrapped_teacher(self) -> nn.Module | None:
+        return None if self.teacher_model is None else self.accelerator.unwrap_model(self.teacher_model)
+
     def _teacher(self) -> nn.Module | None:
         return self.teacher_model if self.cskd.teacher_kd_weight > 0 else None
 
@@ -198,10 +204,12 @@ class CSKDTrainer(Trainer):
         if self.args.should_save and os.path.isdir(output_dir):
             checkpoints.save_run_records(self.args, self.calibration, output_dir)
 
-    def calibrate(self, eval_dataset: Any = None, split_name: str = "validation", bake_on_bound: bool = False) -> float:
+    def calibrate(self, eval_dataset: Any = None, split_name: str = "validation", bake_on_bound: bool = False,
+                  bootstrap_resamples: int = BOOTSTRAP_RESAMPLES) -> float:  # fmt: skip
         """Fit T on held-out data (never the test split), bake it into the head and return it. When T is not baked
         (`calibration.temperature.calibrate_model` says when) the model stays as trained, `self.calibration` records
-        why (for `calibration.json` and the card), and the error says what to do."""
+        why (for `calibration.json` and the card), and the error says what to do. `bootstrap_resamples` sets the
+        recorded metrics' 95 % intervals (0: none, faster)."""
         # FSDP2 shards are DTensors: every process divides its shard of the head by the same T (fitted on the same
         # gathered logits) and takes part in the checking forward. FSDP1's flat parameters and DeepSpeed's
         # partitions cannot be edited in place.
@@ -220,7 +228,8 @@ class CSKDTrainer(Trainer):
             inputs = {k: v for k, v in batch.items() if k not in self.label_names and k != "labels"}
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
             self.calibration, error = calibrate_model(self.accelerator.unwrap_model(self.model), logits,
-                                                      prediction.label_ids, inputs, split_name, bake_on_bound)  # fmt: skip
+                                                      prediction.label_ids, inputs, split_name, bake_on_bound,
+                                                      bootstrap_resamples)  # fmt: skip
         finally:
             self.model.train(was_training)
         if error is not None:
@@ -233,7 +242,7 @@ class CSKDTrainer(Trainer):
         if self.is_world_process_zero():
             training_card(self.accelerator.unwrap_model(self.model), self.args, self.cskd, self.state.log_history,
                           calibration=self.calibration, repo_id=self.hub_model_id if self.args.push_to_hub else None,
-                          teacher_model=self.teacher_model, **kwargs).save(os.path.join(self.args.output_dir, "README.md"))  # fmt: skip
+                          teacher_model=self._unwrapped_teacher(), **kwargs).save(os.path.join(self.args.output_dir, "README.md"))  # fmt: skip
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """`Trainer.init_hf_repo`; refusals say what to do; a `.gitignore` keeps `training_args.bin` off the Hub."""

@@ -45,7 +45,7 @@ trainer.save_model(str(output_dir))
 if resume is None:
     trainer.save_model(str(output_dir / "raw"))
     try:
-        trainer.calibrate(held_out_data())
+        trainer.calibrate(held_out_data(), bootstrap_resamples=0)
     except CalibrationNotApplied:
         pass
     trainer.save_model(str(output_dir / "calibrated"))

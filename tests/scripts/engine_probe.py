@@ -3,17 +3,19 @@ that wraps the model (the engine really used), the world size, the logged losses
 
     torchrun --nproc_per_node 2 tests/scripts/engine_probe.py ENGINE MODE OUTPUT_DIR [--resume CHECKPOINT]
 
-ENGINE: ddp or fsdp2. accelerate 1.16 turns an FSDP configuration into DDP on CPU without a word (its state
+ENGINE: ddp, fsdp2, zero2 or zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone). accelerate 1.16 turns an FSDP configuration into DDP on CPU without a word (its state
 switches to FSDP only for GPU-type backends); `force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run
 for real on CPU (docs/distributed.md explains the upstream limitation). MODE: pairs, queue or teacher (queue
-mode plus a frozen teacher's term).
+mode plus a frozen teacher's term) or teacher_pretrained (the same, the teacher loaded by `from_pretrained` after
+the arguments, as the main job does).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import AutoModelForImageClassification, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_image_dataset, make_vit  # noqa: E402
@@ -48,15 +50,31 @@ class StepCounter(TrainerCallback):
         self.count += 1
 
 
+def teacher_held(trainer: CSKDTrainer) -> dict:
+    """What of the teacher this process holds: its wrapper, parameter dtype, and elements (a ZeRO-3 shard: ds_tensor)."""
+    parameters = list(trainer.accelerator.unwrap_model(trainer.teacher_model).parameters())
+    return {"wrapped": type(trainer.teacher_model).__name__, "dtype": str(parameters[0].dtype),
+            "elements_here": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in parameters),
+            "elements": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in parameters)}  # fmt: skip
+
+
 def main() -> None:
     engine, mode, output_dir = sys.argv[1:4]
     resume = sys.argv[sys.argv.index("--resume") + 1] if "--resume" in sys.argv else None
     options = {}
+    if mode == "teacher_pretrained":  # the same teacher as "teacher", saved before the arguments exist
+        saved_teacher = Path(output_dir) / f"teacher-{os.environ.get('LOCAL_RANK', '0')}"
+        make_vit(seed=7).save_pretrained(saved_teacher)
     if engine == "fsdp2":
         force_fsdp_on_cpu()
         options = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT",
                                                        "transformer_layer_cls_to_wrap": ["ViTLayer"],
                                                        "reshard_after_forward": True})  # fmt: skip
+    elif engine in ("zero2", "zero3"):  # `train_batch_size` left out: the trainer fills it in ("auto" fields)
+        zero = {"stage": int(engine[-1]), **({"stage3_gather_16bit_weights_on_model_save": True} if engine == "zero3" else {})}
+        options = dict(deepspeed={"zero_optimization": zero, "zero_allow_untested_optimizer": True,
+                                  "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                  "gradient_clipping": "auto"})  # fmt: skip
     args = CSKDConfig(
         output_dir=output_dir, per_device_train_batch_size=4, learning_rate=1e-2, max_steps=6, logging_steps=1,
         save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
@@ -65,6 +83,8 @@ def main() -> None:
     )  # fmt: skip
     data = make_image_dataset(per_class=16)
     teacher = make_vit(seed=7) if mode == "teacher" else None
+    if mode == "teacher_pretrained":  # the main job's order: loaded after the arguments (ZeRO-3 init is then active)
+        teacher = AutoModelForImageClassification.from_pretrained(saved_teacher)
     steps = StepCounter()
     trainer = CSKDTrainer(model=make_vit(seed=1), args=args, train_dataset=ClassPairedDataset(data) if mode == "pairs"
                           else data, teacher_model=teacher, callbacks=[steps])  # fmt: skip
@@ -72,15 +92,17 @@ def main() -> None:
     trainer.save_model()  # FULL_STATE_DICT under FSDP: one safetensors file a single process loads
     wrapped = type(trainer.model_wrapped).__name__
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    engine_or_model = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model  # ZeRO-3 gathers
     if trainer.is_world_process_zero():
-        weights = trainer.accelerator.get_state_dict(trainer.model)
+        weights = trainer.accelerator.get_state_dict(engine_or_model)
         print("RESULT " + json.dumps({
             "wrapped": wrapped, "fsdp": trainer.is_fsdp_enabled, "deepspeed": trainer.is_deepspeed_enabled,
             "world_size": args.world_size, "losses": losses, "steps_run": steps.count,
             "checksum": float(sum(v.double().abs().sum() for v in weights.values())),
+            "teacher": None if trainer.teacher_model is None else teacher_held(trainer),
         }), flush=True)  # fmt: skip
     else:
-        trainer.accelerator.get_state_dict(trainer.model)  # a collective under FSDP: every rank takes part
+        trainer.accelerator.get_state_dict(engine_or_model)  # a collective under FSDP: every rank takes part
     trainer.accelerator.end_training()
 
 

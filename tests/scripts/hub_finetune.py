@@ -24,7 +24,7 @@ push_folder_to_hub(out / "glyphs-vit", "alice/glyphs-vit", token="hf_alice_write
 encoder = {k: v for k, v in pretrained.model.state_dict().items() if not k.startswith("classifier")}
 fine = train_vit.main(["--model_name_or_path", "alice/glyphs-vit", "--ignore_mismatched_sizes",
                        "--max_train_samples_per_class", "3", "--max_steps", "1", "--learning_rate", "0",
-                       "--max_eval_samples", "16", "--disable_tqdm", "true", "--output_dir", str(out / "fine")])  # fmt: skip
+                       "--max_eval_samples", "16", "--disable_tqdm", "true", "--bootstrap_resamples", "0", "--output_dir", str(out / "fine")])  # fmt: skip
 tuned = fine.model.state_dict()
 print(json.dumps({
     "encoder_unchanged": all(torch.equal(tuned[k], v) for k, v in encoder.items()),
