@@ -14,7 +14,6 @@ with no model flag it trains a small ViT from scratch.
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from hf_cskd import CSKDConfig, CSKDTrainer
 from hf_cskd.calibration.diagram import plot_reliability_diagram
 from hf_cskd.calibration.metrics import calibration_metrics, make_compute_metrics
 from hf_cskd.calibration.temperature import BOOTSTRAP_RESAMPLES, CalibrationNotApplied
-from hf_cskd.data.errors import ExampleLoadError, NamedRows
+from hf_cskd.data.errors import NamedRows, one_line_errors
 from hf_cskd.data.seeded_rows import SeededRows
 from hf_cskd.data.splits import DataArguments as LabelledData
 from hf_cskd.data.splits import load_labelled_splits
@@ -498,14 +497,6 @@ def main(argv: list[str] | None = None) -> CSKDTrainer:
     return trainer
 
 
-USER_ERRORS = (ValueError, OSError, ImportError, ExampleLoadError)
-"""Bad arguments or data: their message says what to do, a traceback adds nothing (HF_CSKD_TRACEBACK=1 shows it)."""
-
 if __name__ == "__main__":
-    try:
+    with one_line_errors():
         main().accelerator.end_training()  # destroys the process group, as Accelerate asks scripts to do
-    except USER_ERRORS as error:
-        if os.environ.get("HF_CSKD_TRACEBACK") == "1":
-            raise
-        print(f"\nerror: {error}\n(HF_CSKD_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        sys.exit(1)

@@ -8,7 +8,6 @@ a card that says what is known about the source model. `--no_bake` only reports.
 """
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ import torch
 from transformers import AutoModelForImageClassification, HfArgumentParser
 from transformers.utils import logging
 
-from ..data.errors import ExampleLoadError, NamedRows
+from ..data.errors import NamedRows, one_line_errors
 from ..data.splits import SPLIT_NAMES, DataArguments, class_index_map, load_labelled_splits
 from ..data.transforms import eval_transform, input_spec
 from ..hub.model_card import calibrated_card, hub_id, shown_name
@@ -192,9 +191,6 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-USER_ERRORS = (ValueError, OSError, ImportError, ExampleLoadError)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`hf-cskd calibrate MODEL [flags]`; bad input ends with one line that names the fix."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -202,16 +198,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         argv = ["--model_name_or_path", *argv]
     parser = HfArgumentParser((CalibrateArguments, DataArguments), prog="hf-cskd calibrate")
     args, data = parser.parse_args_into_dataclasses(argv)
-    try:
-        record = calibrate_checkpoint(args, data)
-    except CalibrationNotApplied as error:
-        print(f"\nerror: {error}\n(the record is in calibration.json; no checkpoint was written)", file=sys.stderr)
-        raise SystemExit(1) from None
-    except USER_ERRORS as error:
-        if os.environ.get("HF_CSKD_TRACEBACK") == "1":
-            raise
-        print(f"\nerror: {error}\n(HF_CSKD_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        raise SystemExit(1) from None
+    with one_line_errors():
+        try:
+            record = calibrate_checkpoint(args, data)
+        except CalibrationNotApplied as error:  # its record was written: say so
+            print(f"\nerror: {error}\n(the record is in calibration.json; no checkpoint was written)", file=sys.stderr)
+            raise SystemExit(1) from None
     temperature = record.get("temperature", record.get("fitted_temperature"))
     print(f"\nT = {temperature:.4f} fitted on {record['split']} ({record['examples']} examples) in "
           f"{record['wall_seconds']:.1f} s; 95 % bootstrap intervals in brackets:\n\n{summary(record)}\n")  # fmt: skip

@@ -6,7 +6,10 @@ from which file, and how to find every such row at once.
 """
 
 import dataclasses
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -17,6 +20,23 @@ MEDIA_FEATURES = ("Image", "Audio", "Video")
 
 class ExampleLoadError(RuntimeError):
     """An example of a dataset could not be loaded (decoded or transformed)."""
+
+
+USER_ERRORS = (ValueError, OSError, ImportError, ExampleLoadError)
+"""Bad arguments or data: their message says what to do."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """For commands (the main job, `hf-cskd calibrate`): a `USER_ERRORS` ends the run with its message on one line
+    and exit status 1, since a traceback adds nothing to a message that names the fix (HF_CSKD_TRACEBACK=1 shows it)."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        if os.environ.get("HF_CSKD_TRACEBACK") == "1":
+            raise
+        print(f"\nerror: {error}\n(HF_CSKD_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _media_columns(dataset: Any) -> list[str]:
