@@ -111,7 +111,15 @@ def run_group(command: list[str], env: dict[str, str], timeout: float = 600):
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        # The ranks may sit in process groups of their own but stay in torchrun's session: kill the session (a rank
+        # left alive keeps the pipes open, and reading them would then wait forever; seen here once, a rank hung in
+        # teardown).
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == process.pid:
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
         stdout, stderr = process.communicate()
         raise AssertionError(f"{command[:6]} ran over {timeout:.0f} s (killed with its ranks):\n{stderr[-3000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

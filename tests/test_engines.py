@@ -5,6 +5,7 @@ same losses and weights as DDP for pairs, queue and teacher KD, resumes exactly,
 loads."""
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -87,10 +88,10 @@ def needs_deepspeed():
         pytest.skip("DeepSpeed is not installed: pip install --no-build-isolation 'hf-cskd[deepspeed]'")
 
 
-@pytest.mark.parametrize(("engine", "mode"), [("zero2", "pairs"), ("zero3", "teacher_pretrained")])
+@pytest.mark.parametrize(("engine", "mode"), [("zero2", "pairs_mixup"), ("zero3", "teacher_pretrained")])
 def test_deepspeed_trains_cskd_like_ddp(tmp_path, engine, mode):
-    """ZeRO-2 with paper-mode pairs; ZeRO-3 with queue mode and a teacher loaded by `from_pretrained` after the
-    arguments (the main job's order: ZeRO-3 init partitions it, and only an engine can run it)."""
+    """ZeRO-2 with paper-mode pairs and Mixup; ZeRO-3 with queue mode and a teacher loaded by `from_pretrained` after
+    the arguments (the main job's order: ZeRO-3 init partitions it, and only an engine can run it)."""
     needs_deepspeed()
     ddp, zero = probe("ddp", mode, tmp_path / "ddp"), probe(engine, mode, tmp_path / engine)
     assert ddp["wrapped"] == "DistributedDataParallel" and not ddp["deepspeed"]
@@ -104,6 +105,16 @@ def test_deepspeed_trains_cskd_like_ddp(tmp_path, engine, mode):
         teacher = zero["teacher"]
         assert teacher["wrapped"] == "DeepSpeedEngine" and teacher["elements_here"] < 0.6 * teacher["elements"]
         assert ddp["teacher"]["elements_here"] == ddp["teacher"]["elements"] == teacher["elements"]
+
+
+def test_zero3_bf16_runs_the_teacher_sharded_in_the_students_precision(tmp_path):
+    """accelerate leaves bf16 to DeepSpeed (its autocast does nothing there): the teacher's own engine takes it."""
+    needs_deepspeed()
+    run = probe("zero3", "teacher", tmp_path / "bf16", "--bf16")
+    assert run["wrapped"] == "DeepSpeedEngine" and run["mixed_precision"] == "bf16"
+    assert run["student_dtype"] == run["teacher"]["dtype"] == "torch.bfloat16"
+    assert run["teacher"]["elements_here"] < 0.6 * run["teacher"]["elements"]
+    assert all(math.isfinite(loss) for loss in run["losses"]) and len(run["losses"]) == 6
 
 
 def test_zero3_resumes_exactly(tmp_path):

@@ -58,14 +58,16 @@ def freeze_teacher(teacher: nn.Module, device: torch.device | str) -> nn.Module:
     return teacher.to(device)
 
 
-def deepspeed_teacher(teacher: nn.Module, deepspeed_config: dict[str, Any]) -> nn.Module:
+def deepspeed_teacher(teacher: nn.Module, deepspeed_config: dict[str, Any], mixed_precision: str = "no") -> nn.Module:
     """The frozen teacher inside its own DeepSpeed engine, for inference only (as TRL prepares a reference model).
 
     Why: accelerate leaves mixed precision and ZeRO-3 sharding to DeepSpeed, so a bare teacher runs in the dtype it
     was loaded in, whole on every process, and a teacher that `from_pretrained` loaded while ZeRO-3 was configured
     arrives partitioned and cannot run outside an engine at all. Here it takes the student's precision and, under
     ZeRO-3, is sharded like the student; below ZeRO-3 it is not sharded (stage 0: nothing of it is trained). No
-    optimizer, no scheduler; "auto" values the trainer fills only for the student are left to DeepSpeed."""
+    optimizer, no scheduler; "auto" values the trainer fills only for the student are left to DeepSpeed.
+    `mixed_precision` ("no", "fp16", "bf16": the accelerator's) is set here, since accelerate writes it into the
+    DeepSpeed config only when it prepares the student, after the trainer is built."""
     import deepspeed  # only installed where a DeepSpeed config is given
 
     def settled(value: Any) -> Any:
@@ -74,6 +76,8 @@ def deepspeed_teacher(teacher: nn.Module, deepspeed_config: dict[str, Any]) -> n
         return value
 
     config = settled({k: v for k, v in copy.deepcopy(deepspeed_config).items() if k not in ("optimizer", "scheduler")})
+    if mixed_precision in ("fp16", "bf16"):
+        config[mixed_precision] = {**config.get(mixed_precision, {}), "enabled": True}
     if config.get("zero_optimization", {}).get("stage", 0) != 3:
         config["zero_optimization"] = {"stage": 0}
     engine, *_ = deepspeed.initialize(model=teacher, config=config)

@@ -56,7 +56,8 @@ class CSKDTrainer(Trainer):
             self.teacher_model = freeze_teacher(teacher_model, self.args.device)
             if self.is_deepspeed_enabled:  # sharded (ZeRO-3) and in the student's precision, like the student
                 self.teacher_model = deepspeed_teacher(self.teacher_model,
-                                                       self.accelerator.state.deepspeed_plugin.deepspeed_config)  # fmt: skip
+                                                       self.accelerator.state.deepspeed_plugin.deepspeed_config,
+                                                       self.accelerator.mixed_precision)  # fmt: skip
         self.add_callback(EpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)

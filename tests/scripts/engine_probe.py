@@ -1,11 +1,11 @@
 """Train a tiny ViT with CSKDTrainer under torchrun on one engine and print, from rank 0, one JSON line: the class
 that wraps the model (the engine really used), the world size, the logged losses and a checksum of the weights.
 
-    torchrun --nproc_per_node 2 tests/scripts/engine_probe.py ENGINE MODE OUTPUT_DIR [--resume CHECKPOINT]
+    torchrun --nproc_per_node 2 tests/scripts/engine_probe.py ENGINE MODE OUTPUT_DIR [--resume CHECKPOINT] [--bf16]
 
 ENGINE: ddp, fsdp2, zero2 or zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone). accelerate 1.16 turns an FSDP configuration into DDP on CPU without a word (its state
 switches to FSDP only for GPU-type backends); `force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run
-for real on CPU (docs/distributed.md explains the upstream limitation). MODE: pairs, queue or teacher (queue
+for real on CPU (docs/distributed.md explains the upstream limitation). MODE: pairs, pairs_mixup (Mixup, α = 0.4), queue or teacher (queue
 mode plus a frozen teacher's term) or teacher_pretrained (the same, the teacher loaded by `from_pretrained` after
 the arguments, as the main job does).
 """
@@ -78,7 +78,8 @@ def main() -> None:
     args = CSKDConfig(
         output_dir=output_dir, per_device_train_batch_size=4, learning_rate=1e-2, max_steps=6, logging_steps=1,
         save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
-        dataloader_num_workers=0, cskd_mode="pairs" if mode == "pairs" else "queue", cskd_queue_size=2,
+        dataloader_num_workers=0, cskd_mode="pairs" if mode.startswith("pairs") else "queue", cskd_queue_size=2,
+        mixup_alpha=0.4 if mode.endswith("mixup") else 0.0, bf16="--bf16" in sys.argv,
         ddp_find_unused_parameters=False, **options,
     )  # fmt: skip
     data = make_image_dataset(per_class=16)
@@ -86,7 +87,7 @@ def main() -> None:
     if mode == "teacher_pretrained":  # the main job's order: loaded after the arguments (ZeRO-3 init is then active)
         teacher = AutoModelForImageClassification.from_pretrained(saved_teacher)
     steps = StepCounter()
-    trainer = CSKDTrainer(model=make_vit(seed=1), args=args, train_dataset=ClassPairedDataset(data) if mode == "pairs"
+    trainer = CSKDTrainer(model=make_vit(seed=1), args=args, train_dataset=ClassPairedDataset(data) if mode.startswith("pairs")
                           else data, teacher_model=teacher, callbacks=[steps])  # fmt: skip
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # FULL_STATE_DICT under FSDP: one safetensors file a single process loads
@@ -100,9 +101,12 @@ def main() -> None:
             "world_size": args.world_size, "losses": losses, "steps_run": steps.count,
             "checksum": float(sum(v.double().abs().sum() for v in weights.values())),
             "teacher": None if trainer.teacher_model is None else teacher_held(trainer),
+            "mixed_precision": trainer.accelerator.mixed_precision,
+            "student_dtype": str(next(trainer.model_wrapped.parameters()).dtype),
         }), flush=True)  # fmt: skip
     else:
         trainer.accelerator.get_state_dict(engine_or_model)  # a collective under FSDP: every rank takes part
+    trainer.accelerator.wait_for_everyone()  # both ranks reach the teardown together (a rank once hung there)
     trainer.accelerator.end_training()
 
 
