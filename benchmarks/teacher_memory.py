@@ -1,7 +1,7 @@
 """What one process holds of a frozen teacher under each engine: a ViT-Base-sized teacher (86 M parameters, random
 weights from its config) beside a small student, one CS-KD + teacher KD step on 2 processes.
 
-Run under torchrun (CPU: gloo, `use_cpu=True`; on GPUs drop --cpu), once per engine, and compare the lines:
+Run under torchrun once per engine (on CPU when no GPU is visible: gloo, `use_cpu=True`) and compare the lines:
 
     torchrun --nproc_per_node 2 benchmarks/teacher_memory.py --engine ddp     # every process: the whole teacher
     torchrun --nproc_per_node 2 benchmarks/teacher_memory.py --engine zero3   # every process: its shard
@@ -18,6 +18,7 @@ import os
 import tempfile
 
 import numpy as np
+import torch
 from datasets import Dataset
 from transformers import ViTConfig, ViTForImageClassification
 
@@ -29,8 +30,6 @@ LABELS = 10
 def vit(hidden: int, layers: int, seed: int) -> ViTForImageClassification:
     config = ViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=hidden, num_hidden_layers=layers,
                        num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden, num_labels=LABELS)  # fmt: skip
-    import torch
-
     torch.manual_seed(seed)
     return ViTForImageClassification(config)
 
@@ -48,7 +47,7 @@ def main() -> None:
                                 "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}  # fmt: skip
     output = tempfile.mkdtemp()
     config = CSKDConfig(output_dir=output, per_device_train_batch_size=4, max_steps=1, report_to="none",
-                        use_cpu=True, bf16=args.bf16, save_strategy="no", disable_tqdm=True, cskd_mode="queue",
+                        use_cpu=not torch.cuda.is_available(), bf16=args.bf16, save_strategy="no", disable_tqdm=True, cskd_mode="queue",
                         ddp_find_unused_parameters=False, **options)  # fmt: skip
     teacher = vit(768, 12, seed=1)  # ViT-Base's width and depth
     rng = np.random.default_rng(0)
