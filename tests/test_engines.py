@@ -51,15 +51,35 @@ def test_fsdp2_resumes_exactly(tmp_path):
     assert resumed["checksum"] == pytest.approx(full["checksum"], rel=1e-6)
 
 
-def test_the_main_job_under_fsdp2_trains_calibrates_and_writes_the_card(tmp_path):
-    """`recipes/train_vit.py` under FSDP2 (2 CPU processes): every process bakes the same T into its shard of the
-    head, so the saved checkpoint is the uncalibrated run's with the head divided by T."""
+def deepspeed_flags(stage: int) -> list[str]:
+    """The main job's TrainingArguments for DeepSpeed on CPU: `use_cpu` (else each rank trains alone), no
+    `train_batch_size`, 16-bit weights gathered at save (ZeRO-3), bf16 as the trainer says ("auto")."""
+    zero = {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True}
+    config = {"zero_optimization": zero, "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"},
+              **{key: "auto" for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")}}  # fmt: skip
+    return ["--deepspeed", json.dumps(config), "--use_cpu", "true"]
+
+
+MAIN_JOB_ENGINES = {  # engine: (flags, the wrapper's class name, bf16)
+    "fsdp2": (["--fsdp", "full_shard", "--fsdp_config", json.dumps({"fsdp_version": 2, "state_dict_type":
+               "FULL_STATE_DICT", "transformer_layer_cls_to_wrap": ["ViTLayer"]})], "FSDP", False),  # fmt: skip
+    "deepspeed_zero2_bf16": ([*deepspeed_flags(2), "--bf16", "true"], "DeepSpeedEngine", True),
+    "deepspeed_zero3": (deepspeed_flags(3), "DeepSpeedEngine", False),
+}
+
+
+@pytest.mark.parametrize("engine", list(MAIN_JOB_ENGINES))
+def test_the_main_job_under_each_engine_trains_calibrates_and_writes_the_card(tmp_path, engine):
+    """`recipes/train_vit.py` on 2 CPU processes: the saved checkpoint is the uncalibrated run's with the head divided
+    by T (FSDP2: every process bakes its shard; ZeRO-2: every process its whole copy; ZeRO-3: the main process bakes a
+    gathered copy and its head goes back into the partitions); in bf16 the division is rounded once, from float32."""
     from safetensors.torch import load_file
 
-    fsdp = ["--fsdp", "full_shard", "--fsdp_config", json.dumps(
-        {"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT", "transformer_layer_cls_to_wrap": ["ViTLayer"]})]  # fmt: skip
+    flags, wrapper, bf16 = MAIN_JOB_ENGINES[engine]
+    if engine.startswith("deepspeed"):
+        needs_deepspeed()
     flags = ["--max_steps", "4", "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples",
-             "64", "--bootstrap_resamples", "0", *fsdp]  # fmt: skip
+             "64", "--bootstrap_resamples", "0", *flags]  # fmt: skip
     script = Path(__file__).parent / "scripts" / "main_job_engine.py"
     runs = {}
     for name, extra in (("calibrated", []), ("raw", ["--no_calibrate"])):
@@ -68,11 +88,17 @@ def test_the_main_job_under_fsdp2_trains_calibrates_and_writes_the_card(tmp_path
         done = run_processes(command, {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-5000:]
         runs[name] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
-        assert runs[name]["wrapped"].startswith("FSDP") and runs[name]["world_size"] == 2
+        assert runs[name]["wrapped"].startswith(wrapper) and runs[name]["world_size"] == 2
     temperature = json.loads((tmp_path / "calibrated" / "calibration.json").read_text())["temperature"]
     calibrated, raw = (load_file(tmp_path / name / "model.safetensors") for name in ("calibrated", "raw"))
+    assert {key: value.dtype for key, value in calibrated.items()} == {key: value.dtype for key, value in raw.items()}
     for key in ("classifier.weight", "classifier.bias"):
-        torch.testing.assert_close(calibrated[key] * temperature, raw[key], rtol=1e-4, atol=1e-6)
+        if bf16:
+            assert calibrated[key].dtype == torch.bfloat16
+            assert torch.equal(calibrated[key], (raw[key].float() / temperature).to(torch.bfloat16))
+        else:
+            torch.testing.assert_close(calibrated[key] * temperature, raw[key], rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(calibrated[key], raw[key]) for key in raw if not key.startswith("classifier."))
     assert json.loads((tmp_path / "calibrated" / "config.json").read_text())["calibration_temperature"] == temperature
     assert "calibrated by temperature scaling" in (tmp_path / "calibrated" / "README.md").read_text()
 

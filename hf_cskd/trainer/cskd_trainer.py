@@ -34,6 +34,7 @@ from ..targets.collator import DataCollatorForClassPairs
 from ..targets.pairing import ClassPairedDataset
 from . import checkpoints
 from .cskd_config import CSKDConfig, cskd_settings
+from .zero3 import calibrate_zero3
 
 logger = logging.get_logger(__name__)
 
@@ -212,13 +213,15 @@ class CSKDTrainer(Trainer):
         why (for `calibration.json` and the card), and the error says what to do. `bootstrap_resamples` sets the
         recorded metrics' 95 % intervals (0: none, faster)."""
         # FSDP2 shards are DTensors: every process divides its shard of the head by the same T (fitted on the same
-        # gathered logits) and takes part in the checking forward. FSDP1's flat parameters and DeepSpeed's
-        # partitions cannot be edited in place.
+        # gathered logits) and takes part in the checking forward; ZeRO-1/2 leave every process the whole model, as
+        # DDP. ZeRO-3 partitions cannot be edited in place: `zero3.calibrate_zero3` bakes a gathered copy and writes
+        # its head back. FSDP1's flat parameters: not supported (it cannot run on CPU, so this is untested).
         fsdp2 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2
-        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and not fsdp2):
-            raise ValueError("calibrate() changes the classification head in place, which FSDP1 and DeepSpeed models "
-                             "do not allow: train with --no_calibrate, then `hf-cskd calibrate OUTPUT_DIR "
-                             "--validation_dir DIR` calibrates the saved checkpoint in one process.")  # fmt: skip
+        if self.is_fsdp_enabled and not fsdp2:
+            raise ValueError("calibrate() is not supported under FSDP1 (fsdp_version 1): use FSDP2 (fsdp_version: 2) "
+                             "or train with --no_calibrate, then `hf-cskd calibrate OUTPUT_DIR --validation_dir DIR` "
+                             "calibrates the saved checkpoint in one process.")  # fmt: skip
+        zero3 = self.is_deepspeed_enabled and self._deepspeed_stage() == 3
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("calibrate() needs held-out data: pass `eval_dataset` or give the trainer one.")
@@ -228,15 +231,19 @@ class CSKDTrainer(Trainer):
             batch = self._prepare_inputs(next(iter(self.get_eval_dataloader(dataset))))
             inputs = {k: v for k, v in batch.items() if k not in self.label_names and k != "labels"}
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-            self.calibration, error = calibrate_model(self.accelerator.unwrap_model(self.model), logits,
-                                                      prediction.label_ids, inputs, split_name, bake_on_bound,
-                                                      bootstrap_resamples)  # fmt: skip
+            fit = (partial(calibrate_zero3, self.accelerator, self.model_wrapped) if zero3 else
+                   partial(calibrate_model, self.accelerator.unwrap_model(self.model)))  # fmt: skip
+            self.calibration, error = fit(logits, prediction.label_ids, inputs, split_name, bake_on_bound,
+                                          bootstrap_resamples)
         finally:
             self.model.train(was_training)
         if error is not None:
             raise error
         logger.info(f"Temperature scaling: T = {self.calibration['temperature']:.4f} (fitted on {split_name}).")
         return self.calibration["temperature"]
+
+    def _deepspeed_stage(self) -> int:
+        return self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Write the CS-KD card (`README.md`) to `output_dir`; takes `hub.model_card.training_card`'s arguments."""

@@ -1,5 +1,5 @@
-"""Run the main job (recipes/train_vit.py) under torchrun with FSDP2 forced on CPU (the test-only shim of
-engine_probe.py), printing from rank 0 the class that wrapped the model."""
+"""Run the main job (recipes/train_vit.py) under torchrun, printing from rank 0 the class that wrapped the model.
+FSDP is forced on CPU with the test-only shim of engine_probe.py (a no-op for DDP and DeepSpeed)."""
 
 import json
 import sys
