@@ -7,7 +7,9 @@ excluded by the step timer, as in the floor), and the three steps alternating on
 fixed batch (the least noisy on a shared machine). Medians and ratios are reported; peak memory is measured per variant in a fresh subprocess
 (peak RSS growth on CPU, `max_memory_allocated` on CUDA).
 
-    python benchmarks/step_time.py [--model vit|cnn|all] [--steps 8] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/step_time.py [--model vit|cnn|all|vit-base] [--steps 8] [--rounds 3] [--device cpu|cuda] [--bf16]
+
+`vit-base` (ViT-Base/16 at 224 px, from its config) with `--bf16` is the GPU check of benchmarks/gpu_check.sh.
 """
 
 import argparse
@@ -35,25 +37,30 @@ from transformers import (
 from hf_cskd import CSKDConfig, CSKDTrainer, class_wise_kd_loss
 from hf_cskd.targets.collator import EXAMPLE_ID_KEY
 
-BATCH, NUM_LABELS, IMAGE = 64, 10, 32
+BATCH, NUM_LABELS = 64, 10
+IMAGE = {"vit": 32, "cnn": 32, "vit-base": 224}
+BF16 = os.environ.get("HF_CSKD_BENCH_BF16") == "1"  # set by --bf16, so that the fresh processes measure the same
 KINDS = ("trainer", "cskd", "queue", "floor")
 
 
 def build_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "vit":  # the issue's reference: 6 layers, d = 192, 32x32 images
-        config = ViTConfig(image_size=IMAGE, patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
+        config = ViTConfig(image_size=IMAGE[name], patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
                            intermediate_size=768, num_labels=NUM_LABELS)  # fmt: skip
         return ViTForImageClassification(config)
+    if name == "vit-base":  # ViT-Base/16 (86 M parameters), the architecture of google/vit-base-patch16-224
+        return ViTForImageClassification(ViTConfig(image_size=IMAGE[name], num_labels=NUM_LABELS))
     config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic",
                           num_labels=NUM_LABELS, downsample_in_first_stage=False)  # fmt: skip
     return ResNetForImageClassification(config)
 
 
-def build_data(steps: int) -> Dataset:
+def build_data(steps: int, model_name: str) -> Dataset:
     rng = np.random.default_rng(0)
     n = BATCH * steps
-    pixels = rng.normal(size=(n, 3, IMAGE, IMAGE)).astype(np.float32)
+    size = IMAGE[model_name]
+    pixels = rng.normal(size=(n, 3, size, size)).astype(np.float32)
     return Dataset.from_dict({"pixel_values": pixels, "label": rng.integers(0, NUM_LABELS, n)}).with_format("torch")
 
 
@@ -71,7 +78,7 @@ class StepTimer(TrainerCallback):
 def trainer_steps(kind: str, model: torch.nn.Module, data: Dataset, steps: int, device: str) -> list[float]:
     common = dict(output_dir="/tmp/hf_cskd_bench", max_steps=steps, per_device_train_batch_size=BATCH,
                   save_strategy="no", report_to="none", disable_tqdm=True, logging_strategy="no",
-                  use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0)  # fmt: skip
+                  use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0, bf16=BF16)  # fmt: skip
     timer = StepTimer()
     if kind == "trainer":
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer])
@@ -86,10 +93,11 @@ def floor_forward_backward(
     model: torch.nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, pair_pixel_values: torch.Tensor
 ) -> None:
     """The official CS-KD step by hand: anchor forward, pair forward without gradient, CE + KD, backward."""
-    logits = model(pixel_values=pixel_values).logits
-    with torch.no_grad():
-        pair_logits = model(pixel_values=pair_pixel_values).logits
-    (F.cross_entropy(logits, labels) + class_wise_kd_loss(logits, pair_logits)).backward()
+    with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16, enabled=BF16):  # as Trainer's bf16
+        logits = model(pixel_values=pixel_values).logits
+        with torch.no_grad():
+            pair_logits = model(pixel_values=pair_pixel_values).logits
+    (F.cross_entropy(logits.float(), labels) + class_wise_kd_loss(logits.float(), pair_logits.float())).backward()
 
 
 def default_optimizer(model: torch.nn.Module, device: str) -> torch.optim.Optimizer:
@@ -132,19 +140,19 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
     then clip gradients and step the optimizer. Alternating single steps cancels drift best.
     """
     args = CSKDConfig(output_dir="/tmp/hf_cskd_bench", per_device_train_batch_size=BATCH, report_to="none",
-                      use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0)  # fmt: skip
+                      use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0, bf16=BF16)  # fmt: skip
     models = {kind: build_model(model_name).to(device).train() for kind in KINDS}
     optimizers = {kind: default_optimizer(model, device) for kind, model in models.items()}
-    trainer = CSKDTrainer(model=models["cskd"], args=args, train_dataset=build_data(1))
+    trainer = CSKDTrainer(model=models["cskd"], args=args, train_dataset=build_data(1, model_name))
     trainer.current_gradient_accumulation_steps = 1
     batch = next(iter(trainer.get_train_dataloader()))
     plain_batch = {k: v for k, v in batch.items() if not k.startswith("pair_")}
     queue_args = CSKDConfig(**{**args.to_dict(), "cskd_mode": "queue"})
-    queue_trainer = CSKDTrainer(model=models["queue"], args=queue_args, train_dataset=build_data(1))
+    queue_trainer = CSKDTrainer(model=models["queue"], args=queue_args, train_dataset=build_data(1, model_name))
     queue_trainer.current_gradient_accumulation_steps = 1
     queue_batch = {**plain_batch, EXAMPLE_ID_KEY: torch.arange(BATCH, device=plain_batch["labels"].device)}
     plain_args = TrainingArguments(output_dir="/tmp/hf_cskd_bench", per_device_train_batch_size=BATCH, report_to="none",
-                                   use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0)  # fmt: skip
+                                   use_cpu=device == "cpu", dataloader_pin_memory=False, seed=0, bf16=BF16)  # fmt: skip
     plain_trainer = Trainer(model=models["trainer"], args=plain_args)
     plain_trainer.current_gradient_accumulation_steps = 1
 
@@ -167,7 +175,8 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
     for _ in range(steps):
         for kind, run_step in steps_by_kind.items():
             start = time.perf_counter()
-            run_step()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=BF16):  # what accelerate's prepare would add
+                run_step()
             torch.nn.utils.clip_grad_norm_(models[kind].parameters(), 1.0)
             optimizers[kind].step()
             optimizers[kind].zero_grad(set_to_none=True)
@@ -178,7 +187,7 @@ def interleaved_steps(model_name: str, steps: int, device: str) -> dict[str, lis
 
 
 def run_variant(kind: str, model_name: str, steps: int, device: str) -> list[float]:
-    model, data = build_model(model_name), build_data(steps)
+    model, data = build_model(model_name), build_data(steps, model_name)
     if kind == "floor":
         return floor_steps(model, data, steps, device)
     return trainer_steps(kind, model, data, steps, device)
@@ -191,7 +200,7 @@ def _status_kib(field: str) -> int:
 
 def measure_peak(kind: str, model_name: str, steps: int, device: str) -> float:
     """Peak memory growth (MiB) of training, measured in this process: call it in a fresh one."""
-    model, data = build_model(model_name), build_data(steps)
+    model, data = build_model(model_name), build_data(steps, model_name)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
@@ -221,12 +230,16 @@ def peak_memory(kind: str, model_name: str, steps: int, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["vit", "cnn", "all"], default="all")
+    parser.add_argument("--model", choices=["vit", "cnn", "all", "vit-base"], default="all")
     parser.add_argument("--steps", type=int, default=8, help="steps per variant per round (the first 2 are warm-up)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip_memory", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision in every variant (a GPU)")
     args = parser.parse_args()
+    if args.bf16:  # read at import, here and in the fresh processes
+        global BF16
+        BF16, os.environ["HF_CSKD_BENCH_BF16"] = True, "1"
     kinds = KINDS
     results = {}
     for model_name in ["vit", "cnn"] if args.model == "all" else [args.model]:
@@ -242,6 +255,8 @@ def main() -> None:
         row = {
             "model": model_name,
             "device": args.device,
+            "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores",
+            "bf16": BF16,
             "batch": BATCH,
             "measured_steps": len(times["trainer"]),
             **{f"{kind}_step_s": round(median[kind], 4) for kind in kinds},

@@ -133,10 +133,14 @@ def test_deepspeed_trains_cskd_like_ddp(tmp_path, engine, mode):
         assert ddp["teacher"]["elements_here"] == ddp["teacher"]["elements"] == teacher["elements"]
 
 
-def test_zero3_bf16_runs_the_teacher_sharded_in_the_students_precision(tmp_path):
-    """accelerate leaves bf16 to DeepSpeed (its autocast does nothing there): the teacher's own engine takes it."""
+@pytest.mark.parametrize("mode", ["teacher", "teacher_pretrained"])
+def test_zero3_bf16_runs_the_teacher_sharded_in_the_students_precision(tmp_path, mode):
+    """accelerate leaves bf16 to DeepSpeed (its autocast does nothing there): the teacher's own engine takes it. A
+    teacher loaded after the arguments (the main job's order) is partitioned while it loads, which DeepSpeed cannot
+    convert afterwards: in bf16 when the DeepSpeed config has `"bf16": {"enabled": "auto"}` (without it: float32 and
+    a warning, seen)."""
     needs_deepspeed()
-    run = probe("zero3", "teacher", tmp_path / "bf16", "--bf16")
+    run = probe("zero3", mode, tmp_path / "bf16", "--bf16")
     assert run["wrapped"] == "DeepSpeedEngine" and run["mixed_precision"] == "bf16"
     assert run["student_dtype"] == run["teacher"]["dtype"] == "torch.bfloat16"
     assert run["teacher"]["elements_here"] < 0.6 * run["teacher"]["elements"]

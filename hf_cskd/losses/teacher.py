@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 def label_names(model: nn.Module) -> list[str]:
@@ -80,6 +83,12 @@ def deepspeed_teacher(teacher: nn.Module, deepspeed_config: dict[str, Any], mixe
         config[mixed_precision] = {**config.get(mixed_precision, {}), "enabled": True}
     if config.get("zero_optimization", {}).get("stage", 0) != 3:
         config["zero_optimization"] = {"stage": 0}
+    partitioned = [p for p in teacher.parameters() if hasattr(p, "ds_id")]  # by ZeRO-3 init, while loading
+    wanted = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if wanted is not None and partitioned and partitioned[0].dtype != wanted:
+        logger.warning(f"The teacher was partitioned by ZeRO-3 init while loading, in {partitioned[0].dtype}, which "
+                       f"DeepSpeed cannot convert: it runs so beside a {mixed_precision} student. Give the DeepSpeed "
+                       f'config "{mixed_precision}": {{"enabled": "auto"}} (init then partitions in {wanted}).')  # fmt: skip
     engine, *_ = deepspeed.initialize(model=teacher, config=config)
     engine.eval()
     return engine

@@ -74,7 +74,7 @@ def main() -> None:
         zero = {"stage": int(engine[-1]), **({"stage3_gather_16bit_weights_on_model_save": True} if engine == "zero3" else {})}
         options = dict(deepspeed={"zero_optimization": zero, "zero_allow_untested_optimizer": True,
                                   "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                                  "gradient_clipping": "auto"})  # fmt: skip
+                                  "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})  # fmt: skip
     args = CSKDConfig(
         output_dir=output_dir, per_device_train_batch_size=4, learning_rate=1e-2, max_steps=6, logging_steps=1,
         save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
