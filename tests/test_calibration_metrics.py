@@ -9,7 +9,7 @@ import relplot
 import torch
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-from hf_cskd.calibration.metrics import KEYS, _metrics, calibration_metrics, log_softmax
+from hf_cskd.calibration.metrics import KEYS, _examples, _metrics, calibration_metrics, log_softmax
 
 CASES = [(400, 3, 0.5), (2000, 10, 2.0), (1500, 100, 4.0), (300, 2, 8.0)]  # (examples, classes, logit scale)
 
@@ -67,7 +67,7 @@ def test_a_resample_as_weights_equals_the_resample_materialized():
     rng = np.random.default_rng(3)
     counts = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=3).astype(np.float64)
     log_probs = log_softmax(logits)
-    weighted = _metrics(counts, np.exp(log_probs), log_probs, labels, 15, 10)
+    weighted = _metrics(counts, _examples(np.exp(log_probs), log_probs, labels, 15), 15, 10)
     for row, count in enumerate(counts):
         rows = np.repeat(np.arange(len(labels)), count.astype(int))
         materialized = calibration_metrics(logits[rows], labels[rows])

@@ -53,8 +53,7 @@ def _as_numpy(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return torch.log_softmax(torch.from_numpy(logits), dim=1).numpy()  # float64, on every core
 
 
 def _bin_ids(confidence: np.ndarray, num_bins: int) -> np.ndarray:
@@ -120,38 +119,48 @@ def _ace(weights: np.ndarray, confidence: np.ndarray, residual: np.ndarray, num_
     return (at.diff(dim=1).abs().sum(dim=1) / total).double().numpy()
 
 
-def _classwise_ece(weights: np.ndarray, probs: np.ndarray, labels: np.ndarray, num_bins: int) -> np.ndarray:
-    """Σ over classes and bins of |Σ_i w_i (p_ik − 1[y_i = k])| / (N · K). A probability above 1/num_bins is rare
-    (fewer than num_bins per example): those go through a sparse product over the (class, bin) pairs they fill, and
-    each class's first bin is its total minus them, so that 20k classes cost one dense product."""
+def _classwise_parts(probs: np.ndarray, labels: np.ndarray, num_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-example half of `_classwise_ece`, computed once for the point estimate and every resample: the
+    probabilities above 1/num_bins (fewer than num_bins per example) as a sparse (class-bin pair, example) matrix of
+    residuals p_ik − 1[y_i = k], and the class of each pair."""
+    rows, cols = np.nonzero(probs * num_bins > 1)  # the entries above the first bin
+    pairs, column = np.unique(cols * num_bins + _bin_ids(probs[rows, cols], num_bins), return_inverse=True)
+    residual = probs[rows, cols] - (labels[rows] == cols)
+    sparse = torch.sparse_coo_tensor(np.stack([column, rows]), residual, (len(pairs), len(labels)),
+                                     check_invariants=False).coalesce()  # fmt: skip
+    return sparse, torch.from_numpy(pairs // num_bins)
+
+
+def _classwise_ece(weights: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+                   parts: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:  # fmt: skip
+    """Σ over classes and bins of |Σ_i w_i (p_ik − 1[y_i = k])| / (N · K). A probability above 1/num_bins is rare:
+    those go through a sparse product over the (class, bin) pairs they fill (`_classwise_parts`), and each class's
+    first bin is its total minus them, so that 20k classes cost one dense product."""
     (n, k), r = probs.shape, len(weights)
     dtype = torch.float64 if r == 1 else torch.float32  # the bootstrap's intervals need no more
     w = torch.from_numpy(weights).to(dtype)
     label_index = torch.from_numpy(labels).expand(r, -1)
     totals = w @ torch.from_numpy(probs).to(dtype) - torch.zeros(r, k, dtype=dtype).scatter_add_(1, label_index, w)
-    rows, cols = np.nonzero(probs * num_bins > 1)  # the entries above the first bin
-    pairs, column = np.unique(cols * num_bins + _bin_ids(probs[rows, cols], num_bins), return_inverse=True)
-    residual = probs[rows, cols] - (labels[rows] == cols)
-    sparse = torch.sparse_coo_tensor(np.stack([column, rows]), residual, (len(pairs), n), check_invariants=False)
+    sparse, pair_class = parts
     with warnings.catch_warnings():  # torch warns that sparse CSR is "beta"; this product is tested against dense
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        upper = (sparse.to(dtype).coalesce().to_sparse_csr() @ w.t().contiguous()).t()  # (R, filled pairs)
-    first = totals.index_add(1, torch.from_numpy(pairs // num_bins), upper, alpha=-1)
+        upper = (sparse.to(dtype).to_sparse_csr() @ w.t().contiguous()).t()  # (R, filled pairs)
+    first = totals.index_add(1, pair_class, upper, alpha=-1)
     return ((first.abs().sum(dim=1) + upper.abs().sum(dim=1)) / (n * k)).double().numpy()
 
 
-def _spectrum(weights: torch.Tensor, f: np.ndarray, values: np.ndarray, grid: int) -> torch.Tensor:
-    """relplot's smooth_round_to_grid for every row of weights (R, N) and column of values (N, V) — each example's
-    weighted value split linearly between its two nearest grid points — reflected at 0 and 1 (its
-    ReflectedGaussianKernel) and Fourier-transformed, ready for any kernel width. Returns (V, R, size // 2 + 1)."""
+def _spectrum(weighted: torch.Tensor, f: np.ndarray, grid: int) -> torch.Tensor:
+    """relplot's smooth_round_to_grid of every weighted value (V, N, R: value v of example i times its weight in
+    resample r) — each example's weighted value split linearly between its two nearest grid points — reflected at 0
+    and 1 (its ReflectedGaussianKernel) and Fourier-transformed, ready for any kernel width. Returns
+    (V, R, size // 2 + 1)."""
     cell = (f * (grid - 1)).astype(int).clip(0, grid - 2)
     frac = f * (grid - 1) - cell
     n = len(f)
     index = np.stack([np.concatenate([cell, cell + 1]), np.tile(np.arange(n), 2)])
     split = torch.sparse_coo_tensor(index, np.concatenate([1 - frac, frac]), (grid, n), check_invariants=False)
-    split = split.to(weights.dtype).coalesce().to_sparse_csr()
-    values = torch.from_numpy(values).to(weights.dtype)
-    gridded = torch.stack([(split @ (weights * v).t()).t() for v in values.t()])
+    split = split.to(weighted.dtype).coalesce().to_sparse_csr()
+    gridded = torch.stack([(split @ column).t() for column in weighted])
     flipped = gridded.flip(-1)
     extended = torch.cat([flipped[..., :-1], gridded, flipped[..., 1:]], dim=-1)
     return torch.fft.rfft(extended, _fft_size(grid))
@@ -178,17 +187,25 @@ def _smece(weights: np.ndarray, f: np.ndarray, y: np.ndarray, eps: float = 0.001
     """relplot.smECE for every row of weights: the bisection for the σ where smECE_σ = σ (its `search_param`), then
     smECE at that σ. Rows are grouped by their σ; the gridded values depend on σ only through the grid size."""
     dtype = torch.float64 if len(weights) == 1 else torch.float32  # the bootstrap's intervals need no more
-    w, values, spectra = torch.from_numpy(weights).to(dtype), np.stack([f - y, np.ones_like(f)], axis=1), {}
+    w = torch.from_numpy(weights).to(dtype)
+    weighted = torch.stack([(w * torch.from_numpy(v).to(dtype)).t().contiguous() for v in (f - y, np.ones_like(f))])
+    spectra: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
 
     def at(sigma: np.ndarray) -> np.ndarray:  # relplot.metrics.smooth_ece(f, y, sigma) for every row
         out = np.empty(len(weights))
         for value in np.unique(sigma):
             rows = sigma == value
             grid = max(2000, round(20 / value)) // 2 + 1
-            if grid not in spectra:
-                spectra[grid] = _spectrum(w, f, values, grid)
+            # A grid's spectra are computed for the rows that reach it, once (a fine grid: few rows reach it).
+            spectrum, done = spectra.get(grid, (None, np.zeros(len(weights), dtype=bool)))
+            if (need := rows & ~done).any():
+                computed = _spectrum(weighted if need.all() else weighted[..., torch.from_numpy(need)], f, grid)
+                if spectrum is None:
+                    spectrum = computed.new_empty((len(weighted), len(weights), computed.shape[-1]))
+                spectrum[:, torch.from_numpy(need)] = computed
+                spectra[grid] = spectrum, done | need
             t = np.linspace(0, 1, max(round(10 / value), 200))
-            spectrum = spectra[grid] if rows.all() else spectra[grid][:, torch.from_numpy(rows)]
+            spectrum = spectrum if rows.all() else spectrum[:, torch.from_numpy(rows)]
             residuals, density = _smooth(spectrum, grid, value, t).double()
             out[rows] = (residuals.abs().sum(dim=1) / (density + 1e-4).sum(dim=1)).numpy()
         return out
@@ -205,23 +222,34 @@ def _smece(weights: np.ndarray, f: np.ndarray, y: np.ndarray, eps: float = 0.001
     return at(np.where(done, 1.0, start))
 
 
-def _metrics(weights: np.ndarray, probs: np.ndarray, log_probs: np.ndarray, labels: np.ndarray, num_bins: int,
-             min_bin_count: int) -> dict[str, np.ndarray]:  # fmt: skip
+def _examples(probs: np.ndarray, log_probs: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, Any]:
+    """What the metrics need of each example, computed once for the point estimates and every resample."""
     n = len(labels)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    residual = confidence - correct
-    counts, sums = _binned(weights, _bin_ids(confidence, num_bins), residual, num_bins)
     return {
-        "accuracy": weights @ correct / n,
+        "probs": probs, "labels": labels, "confidence": confidence, "correct": correct,
+        "residual": confidence - correct, "bins": _bin_ids(confidence, num_bins),
+        "nll": -log_probs[np.arange(n), labels],
+        "brier": (probs**2).sum(axis=1) - 2 * probs[np.arange(n), labels] + 1,
+        "classwise": _classwise_parts(probs, labels, num_bins),
+    }  # fmt: skip
+
+
+def _metrics(weights: np.ndarray, examples: dict[str, Any], num_bins: int, min_bin_count: int) -> dict[str, np.ndarray]:
+    """Every metric for every row of per-example weights (R, N)."""
+    e, n = examples, len(examples["labels"])
+    counts, sums = _binned(weights, e["bins"], e["residual"], num_bins)
+    return {
+        "accuracy": weights @ e["correct"] / n,
         "ece": np.abs(sums).sum(axis=1) / n,
-        "ace": _ace(weights, confidence, residual, num_bins),
-        "classwise_ece": _classwise_ece(weights, probs, labels, num_bins),
-        "smece": _smece(weights, confidence, correct),
+        "ace": _ace(weights, e["confidence"], e["residual"], num_bins),
+        "classwise_ece": _classwise_ece(weights, e["probs"], e["labels"], e["classwise"]),
+        "smece": _smece(weights, e["confidence"], e["correct"]),
         "mce": _mce(counts, sums, min_bin_count),
-        "nll": weights @ -log_probs[np.arange(n), labels] / n,
-        "brier": weights @ ((probs**2).sum(axis=1) - 2 * probs[np.arange(n), labels] + 1) / n,
-        "confidence": weights @ confidence / n,
+        "nll": weights @ e["nll"] / n,
+        "brier": weights @ e["brier"] / n,
+        "confidence": weights @ e["confidence"] / n,
     }
 
 
@@ -237,8 +265,9 @@ def calibration_metrics(
     a 95 % percentile-bootstrap interval over that many resamples of the examples, drawn with `seed`."""
     logits, labels = _as_numpy(logits, labels)
     log_probs = log_softmax(logits)
-    probs = np.exp(log_probs)
-    point = _metrics(np.ones((1, len(labels))), probs, log_probs, labels, num_bins, min_bin_count)
+    probs = torch.from_numpy(log_probs).exp().numpy()
+    examples = _examples(probs, log_probs, labels, num_bins)
+    point = _metrics(np.ones((1, len(labels))), examples, num_bins, min_bin_count)
     result: dict[str, Any] = {key: float(point[key][0]) for key in KEYS}
     if bootstrap_resamples > 0:
         n, rng = len(labels), np.random.default_rng(seed)
@@ -247,7 +276,7 @@ def calibration_metrics(
             size = min(max(1, BOOTSTRAP_CHUNK // n), bootstrap_resamples - start)
             drawn = rng.integers(0, n, size=(size, n))  # n draws with replacement per resample
             counts = np.bincount((np.arange(size)[:, None] * n + drawn).ravel(), minlength=size * n).reshape(-1, n)
-            chunks.append(_metrics(counts.astype(np.float64), probs, log_probs, labels, num_bins, min_bin_count))
+            chunks.append(_metrics(counts.astype(np.float32), examples, num_bins, min_bin_count))  # exact counts
         for key in KEYS:
             low, high = np.percentile(np.concatenate([chunk[key] for chunk in chunks]), [2.5, 97.5])
             result[f"{key}_ci"] = [float(low), float(high)]
