@@ -37,9 +37,23 @@ def test_fsdp2_trains_cskd_like_ddp(tmp_path, mode):
     assert len(fsdp["losses"]) == len(ddp["losses"]) == 6
     assert fsdp["losses"] == pytest.approx(ddp["losses"], abs=1e-4)
     assert fsdp["checksum"] == pytest.approx(ddp["checksum"], rel=1e-5)
+    # The teacher is sharded like the student (accelerate's FSDP2 preparation): each process holds about half of it.
+    teacher = fsdp["teacher"]
+    assert teacher["wrapped"].startswith("FSDP") and teacher["elements_here"] < 0.6 * teacher["elements"]
+    assert ddp["teacher"]["elements_here"] == ddp["teacher"]["elements"] == teacher["elements"]
     # The saved checkpoint is the whole model, loadable by one process.
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "fsdp2")
     assert sum(p.double().abs().sum() for p in model.state_dict().values()) == pytest.approx(fsdp["checksum"], rel=1e-6)
+
+
+def test_fsdp2_shards_a_teacher_of_another_family_and_wraps_the_student_by_its_own_layers(tmp_path):
+    """The FSDP config names the student's layer class (ViTLayer), which a ConvNeXt teacher lacks (accelerate's
+    preparation refuses it): the teacher is sharded as one unit, and the student is still wrapped layer by layer."""
+    run = probe("fsdp2", "teacher_convnext", tmp_path / "convnext")
+    assert run["wrapped"].startswith("FSDP") and run["teacher"]["wrapped"].startswith("FSDPConvNext")
+    assert run["teacher"]["elements_here"] < 0.6 * run["teacher"]["elements"]
+    assert "FSDPViTLayer" in run["student_fsdp_units"]
+    assert len(run["losses"]) == 6 and all(math.isfinite(loss) for loss in run["losses"])
 
 
 def test_fsdp2_resumes_exactly(tmp_path):

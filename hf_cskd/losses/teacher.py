@@ -94,6 +94,30 @@ def deepspeed_teacher(teacher: nn.Module, deepspeed_config: dict[str, Any], mixe
     return engine
 
 
+def fsdp2_teacher(teacher: nn.Module, accelerator: Any) -> nn.Module:
+    """The frozen teacher sharded by FSDP2 like the student (accelerate's own preparation: the layer classes and the
+    mixed-precision policy of the FSDP config), without `prepare`, which would put it in the checkpoints. A teacher
+    of another family, without the config's layer class, is sharded as one unit. The plugin's wrap policy is left as
+    it was, so the student is prepared by its own classes. Every unit reshards after its forward: no backward
+    follows, so between steps each process holds only its shards."""
+    from accelerate.utils import fsdp2_prepare_model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    plugin = accelerator.state.fsdp_plugin
+    policy, names = plugin.auto_wrap_policy, copy.copy(plugin.transformer_cls_names_to_wrap)
+    try:
+        teacher = fsdp2_prepare_model(accelerator, teacher)
+    except ValueError as error:
+        if "Could not find the transformer layer class" not in str(error):
+            raise
+        fully_shard(teacher, mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy())
+    finally:  # `set_auto_wrap_policy` binds the policy (and, for a config naming no layer class, the class names)
+        # to the model it was given; the student is prepared later, by its own (not covered by a test)
+        plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = policy, names
+    teacher.set_reshard_after_forward(True)
+    return teacher
+
+
 @torch.no_grad()
 def teacher_logits(
     teacher: nn.Module, inputs: dict[str, Any], autocast: Callable[[], AbstractContextManager] = nullcontext

@@ -26,7 +26,7 @@ from ..data.errors import NamedRows, transformed_rows
 from ..hub.model_card import training_card
 from ..hub.push import explained_refusals, upload_or_explain, write_hub_gitignore
 from ..losses.mixing import BatchMixer
-from ..losses.teacher import check_same_label_space, deepspeed_teacher, freeze_teacher, teacher_logits
+from ..losses.teacher import check_same_label_space, deepspeed_teacher, freeze_teacher, fsdp2_teacher, teacher_logits
 from ..losses.training_loss import CSKDLoss, StepTerms
 from ..models.outputs import check_single_label_classifier, loss_first
 from ..targets import EpochCallback, QueueTargets, TargetSource, make_target_source, target_source_key
@@ -59,6 +59,8 @@ class CSKDTrainer(Trainer):
                 self.teacher_model = deepspeed_teacher(self.teacher_model,
                                                        self.accelerator.state.deepspeed_plugin.deepspeed_config,
                                                        self.accelerator.mixed_precision)  # fmt: skip
+            elif self._fsdp_version() == 2:  # sharded like the student, in its mixed precision
+                self.teacher_model = fsdp2_teacher(self.teacher_model, self.accelerator)
         self.add_callback(EpochCallback)
         if not isinstance(self.data_collator, DataCollatorForClassPairs):
             self.data_collator = DataCollatorForClassPairs(self.data_collator)
@@ -216,8 +218,7 @@ class CSKDTrainer(Trainer):
         # gathered logits) and takes part in the checking forward; ZeRO-1/2 leave every process the whole model, as
         # DDP. ZeRO-3 partitions cannot be edited in place: `zero3.calibrate_zero3` bakes a gathered copy and writes
         # its head back. FSDP1's flat parameters: not supported (it cannot run on CPU, so this is untested).
-        fsdp2 = self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 2
-        if self.is_fsdp_enabled and not fsdp2:
+        if self._fsdp_version() == 1:
             raise ValueError("calibrate() is not supported under FSDP1 (fsdp_version 1): use FSDP2 (fsdp_version: 2) "
                              "or train with --no_calibrate, then `hf-cskd calibrate OUTPUT_DIR --validation_dir DIR` "
                              "calibrates the saved checkpoint in one process.")  # fmt: skip
@@ -241,6 +242,10 @@ class CSKDTrainer(Trainer):
             raise error
         logger.info(f"Temperature scaling: T = {self.calibration['temperature']:.4f} (fitted on {split_name}).")
         return self.calibration["temperature"]
+
+    def _fsdp_version(self) -> int | None:
+        """1 or 2 under FSDP, else None."""
+        return getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) if self.is_fsdp_enabled else None
 
     def _deepspeed_stage(self) -> int:
         return self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)

@@ -6,8 +6,8 @@ that wraps the model (the engine really used), the world size, the logged losses
 ENGINE: ddp, fsdp2, zero2 or zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone). accelerate 1.16 turns an FSDP configuration into DDP on CPU without a word (its state
 switches to FSDP only for GPU-type backends); `force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run
 for real on CPU (docs/distributed.md explains the upstream limitation). MODE: pairs, pairs_mixup (Mixup, α = 0.4), queue or teacher (queue
-mode plus a frozen teacher's term) or teacher_pretrained (the same, the teacher loaded by `from_pretrained` after
-the arguments, as the main job does).
+mode plus a frozen teacher's term), teacher_pretrained (the same, the teacher loaded by `from_pretrained` after
+the arguments, as the main job does) or teacher_convnext (a teacher of another family than the student).
 """
 
 import json
@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,11 +52,25 @@ class StepCounter(TrainerCallback):
         self.count += 1
 
 
+def make_convnext():
+    """A teacher of another family than the student (ViT): the FSDP config's layer class is not in it."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    torch.manual_seed(7)
+    config = ConvNextConfig(num_channels=1, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3,
+                            image_size=8)  # fmt: skip
+    return ConvNextForImageClassification(config)
+
+
 def teacher_held(trainer: CSKDTrainer) -> dict:
     """What of the teacher this process holds: its wrapper, parameter dtype, and elements (a ZeRO-3 shard: ds_tensor)."""
     parameters = list(trainer.accelerator.unwrap_model(trainer.teacher_model).parameters())
+
+    def here(p: torch.Tensor) -> int:  # a ZeRO-3 shard (ds_tensor) or an FSDP2 one (a DTensor's local part)
+        return p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+
     return {"wrapped": type(trainer.teacher_model).__name__, "dtype": str(parameters[0].dtype),
-            "elements_here": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in parameters),
+            "elements_here": sum(here(p) for p in parameters),
             "elements": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in parameters)}  # fmt: skip
 
 
@@ -83,7 +99,7 @@ def main() -> None:
         ddp_find_unused_parameters=False, **options,
     )  # fmt: skip
     data = make_image_dataset(per_class=16)
-    teacher = make_vit(seed=7) if mode == "teacher" else None
+    teacher = make_vit(seed=7) if mode == "teacher" else make_convnext() if mode == "teacher_convnext" else None
     if mode == "teacher_pretrained":  # the main job's order: loaded after the arguments (ZeRO-3 init is then active)
         teacher = AutoModelForImageClassification.from_pretrained(saved_teacher)
     steps = StepCounter()
@@ -103,6 +119,7 @@ def main() -> None:
             "teacher": None if trainer.teacher_model is None else teacher_held(trainer),
             "mixed_precision": trainer.accelerator.mixed_precision,
             "student_dtype": str(next(trainer.model_wrapped.parameters()).dtype),
+            "student_fsdp_units": [type(m).__name__ for m in trainer.model.modules() if isinstance(m, FSDPModule)],
         }), flush=True)  # fmt: skip
     else:
         trainer.accelerator.get_state_dict(engine_or_model)  # a collective under FSDP: every rank takes part
