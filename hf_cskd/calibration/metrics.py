@@ -167,7 +167,18 @@ def _spectrum(weighted: torch.Tensor, f: np.ndarray, grid: int) -> torch.Tensor:
 
 
 def _fft_size(grid: int) -> int:
-    return 1 << (4 * grid - 4).bit_length()  # the full linear convolution of 3 grid - 2 and grid points fits
+    """The smallest 2^a 3^b 5^c (fast for pocketfft) that holds the full linear convolution of 3 grid - 2 and grid
+    points: up to 2x smaller than the next power of 2."""
+    need, best = 4 * grid - 3, 1 << (4 * grid - 3 - 1).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35 << max(0, (need - 1) // power35).bit_length()  # the smallest power-of-2 multiple >= need
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
 
 
 def _smooth(spectrum: torch.Tensor, grid: int, sigma: float, t: np.ndarray) -> torch.Tensor:
