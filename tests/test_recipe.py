@@ -259,15 +259,17 @@ def test_metrics_on_the_report_split_match_calibration_functions(tmp_path):
 @pytest.mark.parametrize(
     "name, distributed_type, precision",
     [("cpu", "NO", "no"), ("multi_gpu_fp16", "MULTI_GPU", "fp16"), ("multi_gpu_bf16", "MULTI_GPU", "bf16"),
-     ("fsdp", "FSDP", "bf16"), ("deepspeed_zero2", "DEEPSPEED", "bf16"), ("deepspeed_zero3", "DEEPSPEED", "bf16")],
+     ("fsdp", "FSDP", "bf16"), ("fsdp1", "FSDP", "bf16"), ("deepspeed_zero2", "DEEPSPEED", "bf16"),
+     ("deepspeed_zero3", "DEEPSPEED", "bf16")],
 )  # fmt: skip
 def test_accelerate_configs_load(name, distributed_type, precision):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml"))
     assert str(config.distributed_type).endswith(distributed_type) and config.mixed_precision == precision
-    if name == "fsdp":
+    if name.startswith("fsdp"):
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # save_model writes safetensors
+        assert config.fsdp_config["fsdp_version"] == (1 if name == "fsdp1" else 2)
 
 
 def test_bf16_run_is_calibrated(tmp_path):
