@@ -75,6 +75,7 @@ def deepspeed_flags(stage: int) -> list[str]:
 
 
 MAIN_JOB_ENGINES = {  # engine: (flags, the wrapper's class name, bf16)
+    "ddp": ([], "DistributedDataParallel", False),
     "fsdp2": (["--fsdp", "full_shard", "--fsdp_config", json.dumps({"fsdp_version": 2, "state_dict_type":
                "FULL_STATE_DICT", "transformer_layer_cls_to_wrap": ["ViTLayer"]})], "FSDP", False),  # fmt: skip
     "deepspeed_zero2_bf16": ([*deepspeed_flags(2), "--bf16", "true"], "DeepSpeedEngine", True),
@@ -85,7 +86,7 @@ MAIN_JOB_ENGINES = {  # engine: (flags, the wrapper's class name, bf16)
 @pytest.mark.parametrize("engine", list(MAIN_JOB_ENGINES))
 def test_the_main_job_under_each_engine_trains_calibrates_and_writes_the_card(tmp_path, engine):
     """`recipes/train_vit.py` on 2 CPU processes: the saved checkpoint is the uncalibrated run's with the head divided
-    by T (FSDP2: every process bakes its shard; ZeRO-2: every process its whole copy; ZeRO-3: the main process bakes a
+    by T (DDP, ZeRO-2: every process bakes its whole copy; FSDP2: its shard; ZeRO-3: the main process bakes a
     gathered copy and its head goes back into the partitions); in bf16 the division is rounded once, from float32."""
     from safetensors.torch import load_file
 
