@@ -3,11 +3,12 @@ that wraps the model (the engine really used), the world size, the logged losses
 
     torchrun --nproc_per_node 2 tests/scripts/engine_probe.py ENGINE MODE OUTPUT_DIR [--resume CHECKPOINT] [--bf16]
 
-ENGINE: ddp, fsdp2, zero2 or zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone). accelerate 1.16 turns an FSDP configuration into DDP on CPU without a word (its state
-switches to FSDP only for GPU-type backends); `force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run
-for real on CPU (docs/distributed.md explains the upstream limitation). MODE: pairs, pairs_mixup (Mixup, α = 0.4), queue or teacher (queue
-mode plus a frozen teacher's term), teacher_pretrained (the same, the teacher loaded by `from_pretrained` after
-the arguments, as the main job does) or teacher_convnext (a teacher of another family than the student).
+ENGINE: ddp, fsdp2, zero2 or zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone). accelerate 1.16
+turns an FSDP configuration into DDP on CPU without a word (its state switches to FSDP only for GPU-type backends);
+`force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run for real on CPU (docs/distributed.md explains the
+upstream limitation). MODE: pairs, pairs_mixup (Mixup, α = 0.4), queue or teacher (queue mode plus a frozen
+teacher's term), teacher_pretrained (the same, the teacher loaded by `from_pretrained` after the arguments, as the
+main job does) or teacher_convnext (a teacher of another family than the student).
 """
 
 import json
