@@ -50,6 +50,16 @@ def make_image_dataset(num_labels: int = 3, per_class: int = 8, image_size: int 
     return Dataset.from_dict({"pixel_values": pixels, "label": labels}, features=features).with_format("torch")
 
 
+def deepspeed_config(stage: int) -> dict:
+    """DeepSpeed as the engine tests run it: `train_batch_size` left out (the trainer fills the "auto" fields; a
+    fixed one fails on CPU), 16-bit weights gathered at save (a ZeRO-3 checkpoint one process loads), bf16 as the
+    arguments say."""
+    zero = {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True}
+    auto = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
+    return {"zero_optimization": zero, "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"},
+            **dict.fromkeys(auto, "auto")}  # fmt: skip
+
+
 def training_args(tmp_path, **overrides):
     from hf_cskd import CSKDConfig
 

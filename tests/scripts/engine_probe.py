@@ -3,12 +3,13 @@ that wraps the model (the engine really used), the world size, the logged losses
 
     torchrun --nproc_per_node 2 tests/scripts/engine_probe.py ENGINE MODE OUTPUT_DIR [--resume CHECKPOINT] [--bf16]
 
-ENGINE: ddp, fsdp2, zero2 or zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone). accelerate 1.16
-turns an FSDP configuration into DDP on CPU without a word (its state switches to FSDP only for GPU-type backends);
-`force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run for real on CPU (docs/distributed.md explains the
-upstream limitation). MODE: pairs, pairs_mixup (Mixup, α = 0.4), queue or teacher (queue mode plus a frozen
-teacher's term), teacher_pretrained (the same, the teacher loaded by `from_pretrained` after the arguments, as the
-main job does) or teacher_convnext (a teacher of another family than the student).
+ENGINE: ddp, fsdp2, deepspeed_zero2 or deepspeed_zero3 (DeepSpeed, `use_cpu=True`: without it each rank trains alone).
+accelerate 1.16 turns an FSDP configuration into DDP on CPU without a word (its state switches to FSDP only for GPU-type
+backends); `force_fsdp_on_cpu` below is a TEST-ONLY shim that makes FSDP2 run for real on CPU (docs/distributed.md
+explains the upstream limitation). MODE: features joined by "+": `pairs` or `queue` (the target source), then any of
+`mixup` (Mixup, α = 0.4) and one teacher: `teacher` (a frozen ViT's term, built before the arguments),
+`teacher_pretrained` (the same teacher loaded by `from_pretrained` after the arguments, as the main job does) or
+`teacher_convnext` (a teacher of another family than the student). E.g. `pairs+mixup+teacher_pretrained`.
 """
 
 import json
@@ -21,14 +22,15 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_image_dataset, make_vit  # noqa: E402
+from conftest import deepspeed_config, make_image_dataset, make_vit  # noqa: E402
 
 from hf_cskd import ClassPairedDataset, CSKDConfig, CSKDTrainer  # noqa: E402
 
 
 def force_fsdp_on_cpu() -> None:
-    """TEST-ONLY: after `AcceleratorState.__init__`, an FSDP plugin on a multi-CPU run makes the state FSDP (as it
-    does on GPUs); without this, accelerate 1.16 silently trains such a run as DDP."""
+    """TEST-ONLY: after `AcceleratorState.__init__`, an FSDP plugin on a multi-CPU run makes the state FSDP and gives
+    the plugin the run's mixed precision (the two steps accelerate 1.16 takes on GPUs, state.py); without this it
+    silently trains such a run as DDP."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
@@ -38,6 +40,8 @@ def force_fsdp_on_cpu() -> None:
         original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no":  # else bf16 would be silently off: the plugin's policy stays None
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
             self.fsdp_plugin = fsdp_plugin
             PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
@@ -64,11 +68,12 @@ def make_convnext():
 
 
 def teacher_held(trainer: CSKDTrainer) -> dict:
-    """What of the teacher this process holds: its wrapper, parameter dtype, and elements (a ZeRO-3 shard: ds_tensor)."""
+    """What of the teacher this process holds: its wrapper, parameter dtype, and elements (of a shard: ds_tensor)."""
     parameters = list(trainer.accelerator.unwrap_model(trainer.teacher_model).parameters())
 
     def here(p: torch.Tensor) -> int:  # a ZeRO-3 shard (ds_tensor) or an FSDP2 one (a DTensor's local part)
-        return p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+        local = p.ds_tensor if hasattr(p, "ds_tensor") else p.to_local() if hasattr(p, "to_local") else p
+        return local.numel()
 
     return {"wrapped": type(trainer.teacher_model).__name__, "dtype": str(parameters[0].dtype),
             "elements_here": sum(here(p) for p in parameters),
@@ -77,9 +82,12 @@ def teacher_held(trainer: CSKDTrainer) -> dict:
 
 def main() -> None:
     engine, mode, output_dir = sys.argv[1:4]
+    source, *features = mode.split("+")
+    assert source in ("pairs", "queue"), mode
+    assert set(features) <= {"mixup", "teacher", "teacher_pretrained", "teacher_convnext"}, mode
     resume = sys.argv[sys.argv.index("--resume") + 1] if "--resume" in sys.argv else None
     options = {}
-    if mode == "teacher_pretrained":  # the same teacher as "teacher", saved before the arguments exist
+    if "teacher_pretrained" in features:  # the same teacher as "teacher", saved before the arguments exist
         saved_teacher = Path(output_dir) / f"teacher-{os.environ.get('LOCAL_RANK', '0')}"
         make_vit(seed=7).save_pretrained(saved_teacher)
     if engine == "fsdp2":
@@ -87,24 +95,27 @@ def main() -> None:
         options = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "state_dict_type": "FULL_STATE_DICT",
                                                        "transformer_layer_cls_to_wrap": ["ViTLayer"],
                                                        "reshard_after_forward": True})  # fmt: skip
-    elif engine in ("zero2", "zero3"):  # `train_batch_size` left out: the trainer fills it in ("auto" fields)
-        zero = {"stage": int(engine[-1]), **({"stage3_gather_16bit_weights_on_model_save": True} if engine == "zero3" else {})}
-        options = dict(deepspeed={"zero_optimization": zero, "zero_allow_untested_optimizer": True,
-                                  "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                                  "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})  # fmt: skip
+    elif engine.startswith("deepspeed_zero"):
+        options = dict(deepspeed=deepspeed_config(stage=int(engine[-1])))
     args = CSKDConfig(
         output_dir=output_dir, per_device_train_batch_size=4, learning_rate=1e-2, max_steps=6, logging_steps=1,
         save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
-        dataloader_num_workers=0, cskd_mode="pairs" if mode.startswith("pairs") else "queue", cskd_queue_size=2,
-        mixup_alpha=0.4 if mode.endswith("mixup") else 0.0, bf16="--bf16" in sys.argv,
+        dataloader_num_workers=0, cskd_mode=source, cskd_queue_size=2,
+        mixup_alpha=0.4 if "mixup" in features else 0.0, bf16="--bf16" in sys.argv,
         ddp_find_unused_parameters=False, **options,
     )  # fmt: skip
     data = make_image_dataset(per_class=16)
-    teacher = make_vit(seed=7) if mode == "teacher" else make_convnext() if mode == "teacher_convnext" else None
-    if mode == "teacher_pretrained":  # the main job's order: loaded after the arguments (ZeRO-3 init is then active)
+    teacher = make_vit(seed=7) if "teacher" in features else make_convnext() if "teacher_convnext" in features else None
+    if "teacher_pretrained" in features:  # the main job's order: after the arguments (ZeRO-3 init is then active)
         teacher = AutoModelForImageClassification.from_pretrained(saved_teacher)
     steps = StepCounter()
-    trainer = CSKDTrainer(model=make_vit(seed=1), args=args, train_dataset=ClassPairedDataset(data) if mode.startswith("pairs")
+    student = make_vit(seed=1)
+    computed_in = set()  # the dtypes the head computed in while training: bf16 when mixed precision is in effect
+    student.classifier.register_forward_hook(lambda module, inputs, output: computed_in.add(str(output.dtype)))
+    teacher_computed_in = set()
+    if teacher is not None:
+        teacher.classifier.register_forward_hook(lambda m, inputs, output: teacher_computed_in.add(str(output.dtype)))
+    trainer = CSKDTrainer(model=student, args=args, train_dataset=ClassPairedDataset(data) if source == "pairs"
                           else data, teacher_model=teacher, callbacks=[steps])  # fmt: skip
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # FULL_STATE_DICT under FSDP: one safetensors file a single process loads
@@ -119,7 +130,8 @@ def main() -> None:
             "checksum": float(sum(v.double().abs().sum() for v in weights.values())),
             "teacher": None if trainer.teacher_model is None else teacher_held(trainer),
             "mixed_precision": trainer.accelerator.mixed_precision,
-            "student_dtype": str(next(trainer.model_wrapped.parameters()).dtype),
+            "student_dtype": str(next(trainer.model_wrapped.parameters()).dtype), "computed_in": sorted(computed_in),
+            "teacher_computed_in": sorted(teacher_computed_in),
             "student_fsdp_units": [type(m).__name__ for m in trainer.model.modules() if isinstance(m, FSDPModule)],
         }), flush=True)  # fmt: skip
     else:
