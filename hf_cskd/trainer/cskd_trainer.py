@@ -248,6 +248,7 @@ class CSKDTrainer(Trainer):
         return getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) if self.is_fsdp_enabled else None
 
     def _deepspeed_stage(self) -> int:
+        """The ZeRO stage (0-3) of a DeepSpeed run: only ZeRO-3 partitions the parameters calibration edits."""
         return self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
 
     def create_model_card(self, **kwargs: Any) -> None:
