@@ -260,7 +260,11 @@ def setup(rows: list[dict]) -> str:
                 f"{r.get('test_examples', '?')} test images (the same for every run), {r['image_size']} px, "
                 f"`{r['pretrained']}` fine-tuned through `recipes/train_vit.py`; the temperature is fitted on the "
                 "validation images.")  # fmt: skip
-    return f"{r['per_class']} training images per class; see `recipes/quality_study.py` for the regime."
+    epochs = f" for {r['epochs']:g} epochs (the 1.35x arms: {1.35 * r['epochs']:g})" if "epochs" in r else ""
+    return (f"{r['per_class']} training and {r.get('val_per_class', '?')} validation images per class of "
+            f"scikit-learn's digits (new per seed), {r.get('test_examples', '?')} test images (the same for every "
+            f"run), trained from scratch{epochs}; `recipes/quality_study.py` describes the model and optimizer of "
+            f"`{r['regime']}`.")  # fmt: skip
 
 
 def regime_section(regime: str, rows: list[dict]) -> list[str]:
