@@ -141,7 +141,7 @@ def test_the_main_job_under_each_engine_trains_calibrates_and_writes_the_card(tm
     run = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert run["wrapped"].startswith(wrapper) and run["world_size"] == 2
     temperature = json.loads((tmp_path / "calibrated" / "calibration.json").read_text())["temperature"]
-    calibrated, raw = load_file(tmp_path / "calibrated" / "model.safetensors"), load_file(tmp_path / "raw" / "model.safetensors")
+    calibrated, raw = (load_file(tmp_path / name / "model.safetensors") for name in ("calibrated", "raw"))
     assert calibrated.keys() == raw.keys()
     assert {key: value.dtype for key, value in calibrated.items()} == {key: value.dtype for key, value in raw.items()}
     for key in ("classifier.weight", "classifier.bias"):
