@@ -3,10 +3,10 @@
 For each, a tiny random config and its default image processor are saved to a folder, which goes through
 `recipes/train_vit.py --model_name_or_path <folder> --ignore_mismatched_sizes` for two steps in one CS-KD mode, pairs
 and queue alternating over the sorted architectures (a mode's code is the same for every architecture, which is called
-on a batch either way; both modes on all 36 took a third of the README's test time, halved to keep CI within 25
-minutes); the checkpoint is calibrated, gets a card, and `pipeline` reloads it with the probabilities of the trained
-model; `hf_cskd.intra_class` reads its penultimate features. Exclusions are listed with their reason
-(`tiny_image_classifiers.EXCLUDED`, README "Architectures").
+on a batch either way; both modes on all 36 ran 72 main jobs, halved to keep CI within 25 minutes); the checkpoint is
+calibrated, gets a card, and `pipeline` reloads it with the probabilities of the trained model; `hf_cskd.intra_class`
+reads its penultimate features. Exclusions are listed with their reason (`tiny_image_classifiers.EXCLUDED`, README
+"Architectures").
 """
 
 import json
