@@ -43,12 +43,21 @@ def test_the_interval_is_scipys_one_sample_t_interval(n):
 
 
 def test_the_verdict_is_read_from_the_interval_only():
-    assert report.Paired([-1.0, -1.2, -0.9]).verdict == "lower"
-    assert report.Paired([1.0, 1.2, 0.9]).verdict == "higher"
+    assert report.Paired([-1.0, -1.2, -0.9, -1.1, -0.8]).verdict == "lower"
+    assert report.Paired([1.0, 1.2, 0.9, 1.1, 0.8]).verdict == "higher"
     # 4 of 5 seeds lower, yet the interval contains 0: a sign count is not a verdict
     wide = report.Paired([-1.0, -1.0, -1.0, -1.0, 3.0])
     assert wide.interval[0] < 0 < wide.interval[1] and wide.verdict == "no difference detected"
     assert report.Paired([-1.0]).verdict == "too few seeds to say"
+
+
+def test_no_verdict_below_the_minimum_seed_count():
+    # Three equal differences (error moves in steps of 100 / test images points): a zero-width interval excluding 0.
+    few = report.Paired([-0.2] * 3)
+    assert few.interval == pytest.approx((-0.2, -0.2)) and few.verdict == "too few seeds to say"
+    clear = [-1.0, -1.2, -0.9, -1.1, -0.8, -1.0]
+    assert report.Paired(clear[: report.MIN_SEEDS - 1]).verdict == "too few seeds to say"
+    assert report.Paired(clear[: report.MIN_SEEDS]).verdict == "lower"
 
 
 def test_results_and_readme_are_generated_and_checked(tmp_path):
