@@ -23,9 +23,9 @@ Regimes (`--regime`):
   fine-tuned on Fashion-MNIST photos (10 or 100 per class; 50 per class for validation, both new per
   seed; the whole 10,000-image test split) at 64 px through `recipes/train_vit.py`. Needs the
   converted checkpoint and data (`recipes/data/efficientnet_lite0.py`, `recipes/data/fashion_mnist.py`)
-  and timm (`pip install 'hf-cskd[timm]'`). `--combinations` adds Mixup, Mixup + CS-KD queue, teacher
-  KD and teacher KD + CS-KD queue, the teacher being the checkpoint fine-tuned with cross-entropy for
-  2x the epochs on each seed's split.
+  and timm (`pip install 'hf-cskd[timm]'`). `--combinations` adds Mixup, CutMix and teacher KD, each alone
+  and with CS-KD in either mode (9 arms), the teacher being the checkpoint fine-tuned with
+  cross-entropy for 2x the epochs on each seed's split.
 
 Arms: cross-entropy, label smoothing 0.1, CS-KD in paper mode (pairs) and in queue mode, and the
 two baselines at 1.35x the epochs (the measured cost of a paper-mode step: equal compute); the
@@ -100,14 +100,18 @@ SENSITIVITY = [(1.0, 1.0), (1.0, 8.0), (0.5, 4.0), (2.0, 4.0)]  # (λ, T) beside
 FROM_SCRATCH = "cross-entropy, no pretraining"  # fine-tuning regimes only: what the pretraining is worth
 # The paper's compatibility claims (--combinations, real regimes): each combination against each method alone.
 MIXUP_ALPHA = 0.4  # a common fine-tuning value (timm's recipes use 0.1-0.8)
+CUTMIX_ALPHA = 1.0  # timm's and the CutMix paper's value
 TEACHER_EPOCHS = 2.0  # the teacher: the same checkpoint fine-tuned with cross-entropy for 2x the epochs, same split
 TEACHER = f"teacher: cross-entropy, {TEACHER_EPOCHS:g}x epochs, uncalibrated"  # its result rows (group "teacher")
+# The partners' settings; recipes/report.py names them (PARTNERS) and the combinations (COMBINED: each partner with
+# each CS-KD mode), which the report compares with each method alone.
+PARTNER_SETTINGS = {"Mixup": {"mixup_alpha": MIXUP_ALPHA}, "CutMix": {"cutmix_alpha": CUTMIX_ALPHA},
+                    "teacher KD": {"teacher": True}}  # fmt: skip
 COMBINATIONS = {
-    "Mixup": {"lambda": 0.0, "mixup_alpha": MIXUP_ALPHA},
-    "Mixup + CS-KD queue": {"lambda": 1.0, "mode": "queue", "mixup_alpha": MIXUP_ALPHA},
-    "teacher KD": {"lambda": 0.0, "teacher": True},
-    "teacher KD + CS-KD queue": {"lambda": 1.0, "mode": "queue", "teacher": True},
-}
+    **{partner: {"lambda": 0.0, **PARTNER_SETTINGS[partner]} for partner in report.PARTNERS},
+    **{name: {"lambda": 1.0, "mode": cskd.removeprefix("CS-KD "), **PARTNER_SETTINGS[partner]}
+       for name, (partner, cskd) in report.COMBINED.items()},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -256,8 +260,9 @@ def run_finetune(job: dict, keep: Path | None = None) -> dict:
         else:  # the embedded digits; the recipe holds out 15 % of the train split for validation
             data_args = ["--max_train_samples_per_class", str(job["per_class"])]
             test_file, lr = DIGITS / "test.parquet", FINETUNE_LR
-        if job.get("mixup_alpha"):
-            data_args += ["--mixup_alpha", str(job["mixup_alpha"])]
+        for mixing in ("mixup_alpha", "cutmix_alpha"):
+            if job.get(mixing):
+                data_args += [f"--{mixing}", str(job[mixing])]
         if job.get("teacher"):
             data_args += ["--teacher_model_name_or_path", teacher_folder(job)]
         output_dir = Path(tmp) / "run" if keep is None else keep
@@ -349,7 +354,8 @@ def train_teacher(job: dict) -> dict:
     torch.set_num_threads(1)  # one run per worker and core, as in `run`
     folder = Path(teacher_folder(job))
     teacher_job = {**job, "group": "teacher", "method": TEACHER, "lambda": 0.0, "label_smoothing": 0.0, "mode": "pairs",
-                   "epochs": round(job["epochs_1x"] * TEACHER_EPOCHS, 2), "teacher": False, "mixup_alpha": 0.0}  # fmt: skip
+                   "epochs": round(job["epochs_1x"] * TEACHER_EPOCHS, 2), "teacher": False, "mixup_alpha": 0.0,
+                   "cutmix_alpha": 0.0}  # fmt: skip
     if not (folder / "test_results.json").is_file():
         run_finetune(teacher_job, keep=folder)
     test = json.loads((folder / "test_results.json").read_text())
@@ -506,7 +512,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=64, help="real regimes: the input size (--image_size of the "
                         "recipe)")  # fmt: skip
     parser.add_argument("--combinations", action="store_true", help="real regimes: add the paper's combinations "
-                        f"({', '.join(COMBINATIONS)}; Mixup α = {MIXUP_ALPHA}, the teacher = the checkpoint fine-tuned "
+                        f"({', '.join(COMBINATIONS)}; Mixup α = {MIXUP_ALPHA}, CutMix α = {CUTMIX_ALPHA}, the teacher = the checkpoint fine-tuned "
                         f"with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
     parser.add_argument("--tuned", action="store_true", help="add each method's grid (cross-entropy epochs 1x / "
                         "1.35x / 1.7x, label smoothing 0.05 / 0.1 / 0.2, CS-KD λ 0.5 / 1 / 2 at T = 4 then T = 1 at the "

@@ -28,10 +28,13 @@ BASELINE = "cross-entropy"
 EQUAL_COMPUTE = "cross-entropy, 1.35x epochs"  # a paper-mode step costs 1.35x a plain one (BENCHMARKS.md)
 # Each CS-KD arm against the cross-entropy arm of the same compute: the comparison a user paying for it makes.
 CSKD_AT_EQUAL_COMPUTE = {"CS-KD pairs": EQUAL_COMPUTE, "CS-KD queue": BASELINE}
-# --combinations (the paper's compatibility claim): each combination against each method alone.
-COMBINED = {"Mixup + CS-KD queue": ("Mixup", "CS-KD queue"), "teacher KD + CS-KD queue": ("teacher KD", "CS-KD queue")}
+# --combinations (the paper's compatibility claim): Mixup, CutMix and a teacher, each alone and with each CS-KD mode;
+# each combination is compared with each method alone.
+PARTNERS = ("Mixup", "CutMix", "teacher KD")
+COMBINED = {f"{partner} + CS-KD {mode}": (partner, f"CS-KD {mode}") for partner in PARTNERS
+            for mode in ("pairs", "queue")}  # fmt: skip
 ARM_ORDER = [BASELINE, EQUAL_COMPUTE, "label smoothing 0.1", "label smoothing 0.1, 1.35x epochs", "CS-KD pairs",
-             "CS-KD queue", "Mixup", "teacher KD", *COMBINED]  # fmt: skip
+             "CS-KD queue", *PARTNERS, *COMBINED]  # fmt: skip
 # Tuned arms (`quality_study.py --tuned`): each method's knob chosen per seed on the validation split, from a grid of
 # three; the CS-KD arms then also try T = 1 at the chosen λ (four runs). Tuned arm -> {candidate arm: its settings}.
 TUNING = {
