@@ -336,10 +336,21 @@ def provenance(command: str) -> dict:
         "command": command,
         "machine": {
             "cores": os.cpu_count(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "processor": platform.processor() or platform.machine(),
+            # Float results depend on the kernels torch picks for the CPU (a re-run on another CPU type differs in
+            # the last digits): the model name and the instruction set torch dispatches to.
+            "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },  # fmt: skip
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def teacher_folder(job: dict) -> str:

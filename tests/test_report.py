@@ -142,3 +142,25 @@ def test_a_claim_from_the_archive_is_checked_against_the_runs_under_the_lock(tmp
     error = next(x for x in lines if x.startswith("| CS-KD queue | error points | "))
     assert float(error.split(" | ")[2].split(" (")[0]) == pytest.approx(-2.0, abs=0.1) and "(5 seeds)" in error
     assert "no difference detected" in error and error.endswith("| **no** |")
+
+
+def test_a_rerun_is_compared_with_the_cited_run_and_changes_nothing_cited(tmp_path):
+    rows = [row("cross-entropy", s, 0.30 + 0.01 * s) for s in range(5)]
+    write(tmp_path, rows)
+    run(tmp_path)
+    cited = (tmp_path / "RESULTS.md").read_text()
+    assert "Re-runs of" not in cited
+    rerun = row("cross-entropy", 2, 0.3275, ece=0.04)
+    rerun["train_seconds"] = 0.5
+    machine = {"cores": 2, "device": "cpu", "cpu": "Xeon", "cpu_capability": "AVX2"}
+    rerun["provenance"] = {**PROVENANCE, "machine": machine}
+    (tmp_path / "results" / "reruns").mkdir()
+    (tmp_path / "results" / "reruns" / "toy.jsonl").write_text(json.dumps(rerun) + "\n")
+    run(tmp_path)
+    results = (tmp_path / "RESULTS.md").read_text()
+    # the regime's tables still cite its own file: only the re-run section is new
+    assert results.startswith(cited.split("## Not cited")[0].rstrip("\n"))
+    line = next(x for x in results.splitlines() if x.startswith("| cross-entropy | 2 |"))
+    # error 32.75 - 32.00 = +0.75 points, ECE 4 - 5 = -1.00 points, NLL unchanged; 1 s -> 0.5 s (rounded to 0)
+    assert line == "| cross-entropy | 2 | +0.75 | -1.00 | +0.000 | 1 → 0 | 2 cores, cpu (Xeon, AVX2) |"
+    assert f"error points {np.std([30, 31, 32, 33, 34], ddof=1):.2f}" in results  # the seed spread, for scale
