@@ -338,8 +338,8 @@ def provenance(command: str) -> dict:
             "cores": os.cpu_count(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "processor": platform.processor() or platform.machine(),
-            # Float results depend on the kernels torch picks for the CPU (a re-run on another CPU type differs in
-            # the last digits): the model name and the instruction set torch dispatches to.
+            # A job re-run on the same machine gave bit-identical rows; on another machine of the same nominal CPU
+            # up to 0.6 error points apart (RESULTS.md, re-runs): say which CPU, and the kernels torch dispatches to.
             "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },  # fmt: skip
@@ -523,8 +523,8 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=64, help="real regimes: the input size (--image_size of the "
                         "recipe)")  # fmt: skip
     parser.add_argument("--combinations", action="store_true", help="real regimes: add the paper's combinations "
-                        f"({', '.join(COMBINATIONS)}; Mixup α = {MIXUP_ALPHA}, CutMix α = {CUTMIX_ALPHA}, the teacher = the checkpoint fine-tuned "
-                        f"with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
+                        f"({', '.join(COMBINATIONS)}; Mixup α = {MIXUP_ALPHA}, CutMix α = {CUTMIX_ALPHA}, the "
+                        f"teacher = the checkpoint fine-tuned with cross-entropy for {TEACHER_EPOCHS:g}x the epochs on each seed's split)")  # fmt: skip
     parser.add_argument("--tuned", action="store_true", help="add each method's grid (cross-entropy epochs 1x / "
                         "1.35x / 1.7x, label smoothing 0.05 / 0.1 / 0.2, CS-KD λ 0.5 / 1 / 2 at T = 4 then T = 1 at the "
                         "λ chosen on validation): recipes/report.py reports the arm chosen per seed on validation")  # fmt: skip
