@@ -338,8 +338,8 @@ def provenance(command: str) -> dict:
             "cores": os.cpu_count(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "processor": platform.processor() or platform.machine(),
-            # A job re-run on the same machine gave bit-identical rows; on another machine of the same nominal CPU
-            # up to 0.6 error points apart (RESULTS.md, re-runs): say which CPU, and the kernels torch dispatches to.
+            # A job re-run on the same machine gave a bit-identical row; re-runs of rows an earlier machine made (its
+            # CPU not recorded) moved up to 0.6 error points (RESULTS.md, re-runs): say which CPU and which kernels.
             "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },  # fmt: skip
