@@ -342,17 +342,16 @@ def against_reruns(regime: str, rows: list[dict], reruns: list[dict]) -> list[st
     cited = by_arm(rows)
     shown = [m for m in METRICS if m.key in HEADLINE]
     body = []
-    for rerun in sorted(reruns, key=lambda r: (ARM_ORDER.index(r["method"]) if r["method"] in ARM_ORDER else 99,
-                                               r["seed"])):  # fmt: skip
-        first = next((r for r in cited.get(rerun["method"], []) if r["seed"] == rerun["seed"]), None)
-        if first is None:
+    for rerun in (r for runs in by_arm(reruns).values() for r in runs):  # in the tables' arm order, then by seed
+        original = next((r for r in cited.get(rerun["method"], []) if r["seed"] == rerun["seed"]), None)
+        if original is None:
             continue
         moved = []
         for metric in shown:
-            a, b = metric.value(first), metric.value(rerun)
+            a, b = metric.value(original), metric.value(rerun)
             moved.append("-" if a is None or b is None else f"{metric.scale * (b - a):+.{metric.digits}f}")
         body.append([rerun["method"], str(rerun["seed"]), *moved,
-                     f"{first['train_seconds']:.0f} → {rerun['train_seconds']:.0f}", machine(rerun)])  # fmt: skip
+                     f"{original['train_seconds']:.0f} → {rerun['train_seconds']:.0f}", machine(rerun)])  # fmt: skip
     if not body:
         return []
     spread = "; ".join(
