@@ -562,13 +562,14 @@ def main() -> None:
     start = time.perf_counter()
     made_by = provenance(command)
     # Teachers before the arms that distill from them (two arms of one seed must not train it twice); a teacher's own
-    # result is a row too.
+    # result is a row too, written once (a resumed study reuses the kept teacher and its recorded row).
     teacher_jobs = list({job["seed"]: job for job in todo if job.get("teacher")}.values())
+    recorded = {job_key(r) for r in done}
     if teacher_jobs:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool, results_path.open("a") as log:
             progress = tqdm(pool.imap_unordered(train_teacher, teacher_jobs), total=len(teacher_jobs), desc="teachers")
             for teacher in progress:
-                if job_key(teacher) not in finished:
+                if job_key(teacher) not in recorded:
                     log.write(json.dumps({**teacher, "provenance": made_by}) + "\n")
                     log.flush()
                 progress.write(f"teacher seed {teacher['seed']}: error {100 * (1 - teacher['raw']['accuracy']):.2f}%")
