@@ -283,12 +283,13 @@ def setup(rows: list[dict]) -> str:
 def regime_section(regime: str, rows: list[dict]) -> list[str]:
     arms = with_tuned(by_arm(rows))
     lines = [f"## `{regime}`", "", setup(rows), "", *provenance(rows), ""]
-    head = ["arm", "seeds", *(m.label for m in METRICS), "fitted T", "train s"]
+    head = ["arm", "seeds", *(m.label for m in METRICS), "fitted T", "train s (median)"]
     body = [[arm, str(len(runs)), *(mean_std([m.scale * v if (v := m.value(r)) is not None else None for r in runs], m.digits) for m in METRICS),
-             mean_std([r["temperature_fit"] for r in runs], 2), mean_std([r["train_seconds"] for r in runs], 0)]
+             mean_std([r["temperature_fit"] for r in runs], 2), f"{statistics.median(r['train_seconds'] for r in runs):.0f}"]
             for arm, runs in arms.items()]  # fmt: skip
-    lines += ["Mean ± standard deviation over seeds (temperature scaling does not change the error):", "",
-              *table(head, body)]  # fmt: skip
+    lines += ["Mean ± standard deviation over seeds (temperature scaling does not change the error). Training time: "
+              "the median run's, as run; runs shared the machine's cores with other runs, so a time is no speed "
+              "comparison (benchmarks/ measures those):", "", *table(head, body)]  # fmt: skip
     chosen = [f"{arm}: " + ", ".join(f"{name} ({n})" for name, n in Counter(r["chosen"] for r in arms[arm]).items())
               for arm in TUNING if arm in arms]  # fmt: skip
     if chosen:

@@ -85,6 +85,12 @@ def test_results_and_readme_are_generated_and_checked(tmp_path):
     assert "CS-KD queue vs cross-entropy: **no difference detected**" in (tmp_path / "README.md").read_text()
 
 
+def test_the_training_time_is_the_median_run_not_a_mean_a_contended_run_drags():
+    rows = [{**row("cross-entropy", seed, 0.3), "train_seconds": seconds} for seed, seconds in enumerate([120, 130, 1600])]
+    line = next(x for x in report.regime_section("toy", rows) if x.startswith("| cross-entropy | 3 |"))
+    assert line.endswith("| 130 |")  # the mean (617) would be the one contended run
+
+
 def test_a_row_without_provenance_is_refused(tmp_path):
     rows = [row("cross-entropy", 0, 0.3), {**row("CS-KD queue", 0, 0.3), "provenance": {"command": "x"}}]
     write(tmp_path, rows)
