@@ -30,6 +30,9 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from hf_cskd import CSKDConfig, CSKDTrainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "scripts"))
+from engine_probe import force_fsdp_on_cpu, teacher_held  # noqa: E402  (the test-only FSDP shim is used without a GPU)
+
 LABELS = 10
 
 
@@ -49,9 +52,6 @@ def main() -> None:
     options = {}
     if args.engine == "fsdp2":
         if not torch.cuda.is_available():
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "scripts"))
-            from engine_probe import force_fsdp_on_cpu
-
             force_fsdp_on_cpu()
             print("no GPU: FSDP forced on CPU by the test-only shim (tests/scripts/engine_probe.py)", file=sys.stderr)
         options = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["ViTLayer"],
@@ -71,16 +71,13 @@ def main() -> None:
                               "label": (np.arange(32) % LABELS).tolist()})  # fmt: skip
     trainer = CSKDTrainer(model=vit(64, 1, seed=0), args=config, train_dataset=data, teacher_model=teacher)
     trainer.train()
-    parameters = list(trainer.accelerator.unwrap_model(trainer.teacher_model).parameters())
-    here = sum((p.ds_tensor if hasattr(p, "ds_tensor") else p.to_local() if hasattr(p, "to_local") else p).numel()
-               for p in parameters)  # fmt: skip
-    whole = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in parameters)
-    size = parameters[0].element_size()
+    held = teacher_held(trainer)  # counted as the engine tests count it
+    size = next(trainer.accelerator.unwrap_model(trainer.teacher_model).parameters()).element_size()
     print(json.dumps({
         "engine": args.engine, "bf16": args.bf16, "rank": int(os.environ.get("RANK", 0)),
-        "world_size": config.world_size, "teacher_wrapped": type(trainer.teacher_model).__name__,
-        "teacher_dtype": str(parameters[0].dtype), "elements_here": here, "elements": whole,
-        "mib_here": round(here * size / 2**20, 1), "mib_whole": round(whole * size / 2**20, 1),
+        "world_size": config.world_size, "teacher_wrapped": held["wrapped"], "teacher_dtype": held["dtype"],
+        "elements_here": held["elements_here"], "elements": held["elements"],
+        "mib_here": round(held["elements_here"] * size / 2**20, 1), "mib_whole": round(held["elements"] * size / 2**20, 1),
     }), flush=True)  # fmt: skip
 
 

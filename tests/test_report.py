@@ -86,7 +86,9 @@ def test_results_and_readme_are_generated_and_checked(tmp_path):
 
 
 def test_the_training_time_is_the_median_run_not_a_mean_a_contended_run_drags():
-    rows = [{**row("cross-entropy", seed, 0.3), "train_seconds": seconds} for seed, seconds in enumerate([120, 130, 1600])]
+    rows = [
+        {**row("cross-entropy", seed, 0.3), "train_seconds": seconds} for seed, seconds in enumerate([120, 130, 1600])
+    ]
     line = next(x for x in report.regime_section("toy", rows) if x.startswith("| cross-entropy | 3 |"))
     assert line.endswith("| 130 |")  # the mean (617) would be the one contended run
 
