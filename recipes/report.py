@@ -223,12 +223,14 @@ def table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def headline(regime: str, arms: dict[str, list[dict]]) -> list[str]:
-    """The answer: does CS-KD lower error, raw ECE and NLL after scaling at equal compute, and tuned against tuned
-    cross-entropy? One line per metric and comparison."""
+    """The answer: does CS-KD lower error, raw ECE and NLL after scaling at equal compute, tuned against tuned
+    cross-entropy, and added to Mixup, CutMix or a teacher against that method alone? One line per metric and group."""
     groups = {
         "at equal compute": [(a, b) for a, b in CSKD_AT_EQUAL_COMPUTE.items() if a in arms and b in arms],
         "each tuned on validation": [(a, TUNED_BASELINE) for a in arms if a.startswith("CS-KD") and a.endswith("tuned")
                                      and TUNED_BASELINE in arms],
+        "CS-KD added to another method, against that method alone": [
+            (a, partner) for a, (partner, _) in COMBINED.items() if a in arms and partner in arms],
     }  # fmt: skip
     if not any(groups.values()):
         return [f"- `{regime}`: no CS-KD arm with its equal-compute cross-entropy arm yet."]

@@ -93,6 +93,22 @@ def test_the_training_time_is_the_median_run_not_a_mean_a_contended_run_drags():
     assert line.endswith("| 130 |")  # the mean (617) would be the one contended run
 
 
+def test_the_summary_says_what_cskd_adds_to_another_method_against_that_method_alone():
+    rng = np.random.default_rng(1)
+    mixup = [0.20 + 0.03 * rng.standard_normal() for _ in range(6)]
+    rows = [row("Mixup", s, e) for s, e in enumerate(mixup)]
+    added = [0.01 + 0.001 * rng.standard_normal() for _ in mixup]
+    rows += [row("Mixup + CS-KD queue", s, e + d) for s, (e, d) in enumerate(zip(mixup, added))]
+    rows += [row("teacher KD", s, 0.2) for s in range(3)] + [row("teacher KD + CS-KD pairs", s, 0.1) for s in range(3)]
+    lines = report.headline("toy", report.by_arm(rows))
+    error = next(x for x in lines if "error points" in x)
+    assert error.startswith("- `toy`, CS-KD added to another method, against that method alone, error points:")
+    assert f"Mixup + CS-KD queue vs Mixup: **higher** ({100 * np.mean(added):+.2f} [" in error
+    assert "0/6 seeds lower" in error
+    assert "teacher KD + CS-KD pairs vs teacher KD: **too few seeds to say**" in error  # 3 seeds
+    assert "CS-KD queue vs" not in error.replace("Mixup + CS-KD queue vs", "")  # only the arms that ran
+
+
 def test_a_row_without_provenance_is_refused(tmp_path):
     rows = [row("cross-entropy", 0, 0.3), {**row("CS-KD queue", 0, 0.3), "provenance": {"command": "x"}}]
     write(tmp_path, rows)
